@@ -1,0 +1,194 @@
+"""The operator-rule protocol and the few shared building blocks rules are made of.
+
+Run-time convention (see bounds.types): every tensor handed to a rule is batched, i.e. it
+has one leading batch dimension in front of its full ONNX shape; constants come with a batch
+dimension of 1. Axis attributes therefore shift by one (`sample_axis`).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from bounds.graph.ir import Node
+from bounds.types import Interval, Relaxation
+
+
+class OpRule:
+    """Stateless knowledge of one operator: evaluation, intervals, linear relaxation.
+
+    `backward` maps a linear bound on the output, A·out (A: (B, S, *out_shape)), to linear
+    bounds on the variable inputs: returns one A per input (None for constants or inputs the
+    output does not depend on linearly) and the bias (B, S) that the relaxation adds. For a
+    lower bound it must satisfy A·out >= sum_i A_i·in_i + bias on the input intervals.
+    """
+
+    #: input positions that must be constant for bound propagation (weights, shapes, axes)
+    constant_inputs: tuple[int, ...] = ()
+    #: True when the relaxation depends on the input intervals (nonlinear ops)
+    needs_input_bounds: bool = False
+
+    def forward(self, node: Node, xs: Sequence[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def ibp(self, node: Node, xs: Sequence[Interval]) -> Interval:
+        raise NotImplementedError
+
+    def backward(self, node: Node, A: torch.Tensor, xs: Sequence[Interval],
+                 is_const: Sequence[bool]) -> tuple[list[torch.Tensor | None], torch.Tensor]:
+        raise NotImplementedError
+
+    @property
+    def has_ibp(self) -> bool:
+        return type(self).ibp is not OpRule.ibp
+
+    @property
+    def has_backward(self) -> bool:
+        return type(self).backward is not OpRule.backward
+
+
+# ----------------------------------------------------------------------------------------
+# helpers shared by the rule families
+
+def sample_axis(axis: int, rank: int) -> int:
+    """ONNX axis of a rank-`rank` value -> dimension index of the batched tensor."""
+    if axis < 0:
+        axis += rank
+    if not 0 <= axis < rank:
+        raise ValueError(f"axis {axis} out of range for rank {rank}")
+    return axis + 1
+
+
+def sample_rank(t: torch.Tensor) -> int:
+    return t.dim() - 1
+
+
+def align_ranks(*ts: torch.Tensor) -> list[torch.Tensor]:
+    """Right-align the sample dimensions of batched tensors for ONNX broadcasting."""
+    rank = max(sample_rank(t) for t in ts)
+    out = []
+    for t in ts:
+        missing = rank - sample_rank(t)
+        if missing:
+            t = t.reshape(t.shape[0], *([1] * missing), *t.shape[1:])
+        out.append(t)
+    return out
+
+
+def expand_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
+    return t if t.shape[0] == batch else t.expand(batch, *t.shape[1:])
+
+
+def batch_size(*ts: torch.Tensor) -> int:
+    return max(t.shape[0] for t in ts)
+
+
+def unbroadcast(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum a (B, S, *out) coefficient down to (B, S, *shape) where `shape` broadcast to out."""
+    lead = grad.dim() - len(shape) - 2
+    if lead > 0:
+        grad = grad.sum(dim=tuple(range(2, 2 + lead)))
+    dims = tuple(i + 2 for i, s in enumerate(shape) if s == 1 and grad.shape[i + 2] != 1)
+    if dims:
+        grad = grad.sum(dim=dims, keepdim=True)
+    return grad
+
+
+def flat_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum everything behind the (B, S) dimensions."""
+    return t.flatten(2).sum(-1)
+
+
+def int_list(t: torch.Tensor) -> list[int]:
+    """A constant (batched, B=1) integer tensor as a Python list."""
+    return [int(v) for v in t.reshape(-1).tolist()]
+
+
+class MonotoneRule(OpRule):
+    """Ops that are monotone in each variable input: IBP evaluates the right endpoints.
+
+    `signs[i]` is +1 (increasing in input i) or -1 (decreasing); missing entries are +1.
+    Shape plumbing, max-pooling, Add/Sub/Neg/Concat and increasing activations are covered.
+    """
+
+    signs: tuple[int, ...] = ()
+
+    def ibp(self, node: Node, xs: Sequence[Interval]) -> Interval:
+        lo, hi = [], []
+        for i, x in enumerate(xs):
+            down = i < len(self.signs) and self.signs[i] < 0
+            lo.append(x.upper if down else x.lower)
+            hi.append(x.lower if down else x.upper)
+        return Interval(self.forward(node, lo), self.forward(node, hi))
+
+
+class LinearRule(MonotoneRule):
+    """Ops that are affine in their variable inputs (for fixed constants).
+
+    The default backward obtains the transposed map by one vector-Jacobian product, so a
+    new linear op only writes `forward` (and `ibp` when it is not monotone).
+    """
+
+    def backward(self, node, A, xs, is_const):
+        B, S = A.shape[:2]
+        out_shape = A.shape[2:]
+        with torch.enable_grad():
+            args, wrt = [], []
+            for x, const in zip(xs, is_const):
+                if const:
+                    args.append(x.lower)
+                else:
+                    z = torch.zeros((B * S, *x.lower.shape[1:]), dtype=A.dtype, device=A.device,
+                                    requires_grad=True)
+                    args.append(z)
+                    wrt.append(z)
+            out = self.forward(node, args)
+            out = expand_batch(out, B * S)
+            grads = torch.autograd.grad(out, wrt, A.reshape(B * S, *out_shape),
+                                        allow_unused=True, create_graph=A.requires_grad)
+        with torch.no_grad() if not A.requires_grad else torch.enable_grad():
+            zero_args = [x.lower if c else torch.zeros((1, *x.lower.shape[1:]), dtype=A.dtype, device=A.device)
+                         for x, c in zip(xs, is_const)]
+            offset = self.forward(node, zero_args)
+        bias = flat_sum(A * offset.unsqueeze(1)) if offset.abs().max() > 0 else A.new_zeros(B, S)
+        result: list[torch.Tensor | None] = []
+        it = iter(grads)
+        for x, const in zip(xs, is_const):
+            if const:
+                result.append(None)
+            else:
+                g = next(it)
+                result.append(None if g is None else g.reshape(B, S, *x.lower.shape[1:]))
+        return result, bias
+
+
+def relaxation_backward(A: torch.Tensor, relax: Relaxation) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shared elementwise backward step for a lower bound of A·f(x)."""
+    pos, neg = A.clamp(min=0), A.clamp(max=0)
+    lw, lb, uw, ub = (t.unsqueeze(1) for t in (relax.lw, relax.lb, relax.uw, relax.ub))
+    new_A = pos * lw + neg * uw
+    bias = flat_sum(pos * lb + neg * ub)
+    return new_A, bias
+
+
+class ActivationRule(MonotoneRule):
+    """Elementwise unary nonlinearity: writes `fn` and `relax`; the rest is shared."""
+
+    needs_input_bounds = True
+
+    def fn(self, node: Node, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def relax(self, node: Node, x: Interval) -> Relaxation:
+        raise NotImplementedError
+
+    def exact_on(self, x: Interval) -> torch.Tensor:
+        """Where the relaxation is exact already, so tighter input bounds cannot help."""
+        return x.lower == x.upper
+
+    def forward(self, node, xs):
+        return self.fn(node, xs[0])
+
+    def backward(self, node, A, xs, is_const):
+        new_A, bias = relaxation_backward(A, self.relax(node, xs[0]))
+        return [new_A], bias

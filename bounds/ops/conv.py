@@ -1,0 +1,162 @@
+"""Convolution, padding and average pooling (all linear)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from bounds.ops.base import LinearRule, MonotoneRule, int_list, sample_rank
+from bounds.types import Interval
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+_MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+
+
+def spatial_pads(node, x_spatial: list[int], kernel: list[int], strides: list[int],
+                 dilations: list[int]) -> list[int]:
+    """ONNX pads [b1..bn, e1..en] after resolving auto_pad."""
+    n = len(kernel)
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    if isinstance(auto, bytes):
+        auto = auto.decode()
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads_b, pads_e = [], []
+        for size, k, s, d in zip(x_spatial, kernel, strides, dilations):
+            out = math.ceil(size / s)
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+            small, big = total // 2, total - total // 2
+            pads_b.append(small if auto == "SAME_UPPER" else big)
+            pads_e.append(big if auto == "SAME_UPPER" else small)
+        return pads_b + pads_e
+    if auto == "VALID":
+        return [0] * (2 * n)
+    return list(node.attrs.get("pads", [0] * (2 * n)))
+
+
+def torch_pad_arg(pads: list[int]) -> list[int]:
+    """ONNX [b1..bn, e1..en] for the trailing n dims -> F.pad's reversed (b, e) pairs."""
+    n = len(pads) // 2
+    out: list[int] = []
+    for i in reversed(range(n)):
+        out += [pads[i], pads[i + n]]
+    return out
+
+
+def merge_batch(x: torch.Tensor, channel_rank: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """(B, N, C, *spatial) -> (B*N, C, *spatial); returns the leading dims to restore."""
+    lead = tuple(x.shape[: x.dim() - channel_rank])
+    return x.reshape(-1, *x.shape[x.dim() - channel_rank:]), lead
+
+
+class Conv(LinearRule):
+    constant_inputs = (1, 2)
+
+    def _conv(self, node, x, w, b):
+        n = w.dim() - 2
+        strides = list(node.attrs.get("strides", [1] * n))
+        dil = list(node.attrs.get("dilations", [1] * n))
+        pads = spatial_pads(node, list(x.shape[-n:]), list(w.shape[2:]), strides, dil)
+        flat, lead = merge_batch(x, n + 1)
+        if pads[:n] == pads[n:]:
+            padding = pads[:n]
+        else:
+            flat, padding = F.pad(flat, torch_pad_arg(pads)), [0] * n
+        y = _CONV[n](flat, w, b, stride=strides, padding=padding, dilation=dil,
+                     groups=node.attrs.get("group", 1))
+        return y.reshape(*lead, *y.shape[1:])
+
+    def forward(self, node, xs):
+        w = xs[1][0]
+        b = xs[2][0] if len(xs) > 2 and xs[2] is not None else None
+        return self._conv(node, xs[0], w, b)
+
+    def ibp(self, node, xs):
+        w = xs[1].lower[0]
+        b = xs[2].lower[0] if len(xs) > 2 else None
+        mid = self._conv(node, xs[0].center, w, b)
+        rad = self._conv(node, xs[0].radius, w.abs(), None)
+        return Interval(mid - rad, mid + rad)
+
+
+class Pad(LinearRule):
+    constant_inputs = (1, 2, 3)
+
+    def forward(self, node, xs):
+        x = xs[0]
+        rank = sample_rank(x)
+        pads = int_list(xs[1]) if len(xs) > 1 and xs[1] is not None else list(node.attrs.get("pads"))
+        value = float(xs[2].reshape(-1)[0]) if len(xs) > 2 and xs[2] is not None and xs[2].numel() else float(node.attrs.get("value", 0.0))
+        if len(xs) > 3 and xs[3] is not None:  # opset 18 axes input
+            axes = [a % rank for a in int_list(xs[3])]
+            full = [0] * (2 * rank)
+            for i, a in enumerate(axes):
+                full[a], full[a + rank] = pads[i], pads[i + len(axes)]
+            pads = full
+        mode = node.attrs.get("mode", "constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        first = next((i for i in range(rank) if pads[i] or pads[i + rank]), rank)
+        trailing = pads[first:rank] + pads[rank + first:]
+        if not trailing:
+            return x
+        arg = torch_pad_arg(trailing)
+        if mode == "constant":
+            return F.pad(x, arg, value=value)
+        torch_mode = {"reflect": "reflect", "edge": "replicate", "wrap": "circular"}[mode]
+        n = rank - first
+        flat = x.reshape(-1, 1, *x.shape[x.dim() - n:]) if n < 3 else x
+        out = F.pad(flat, arg, mode=torch_mode)
+        return out.reshape(*x.shape[: x.dim() - n], *out.shape[-n:])
+
+
+class AveragePool(LinearRule):
+    def forward(self, node, xs):
+        x = xs[0]
+        kernel = list(node.attrs["kernel_shape"])
+        n = len(kernel)
+        strides = list(node.attrs.get("strides", [1] * n))
+        pads = spatial_pads(node, list(x.shape[-n:]), kernel, strides, [1] * n)
+        flat, lead = merge_batch(x, n + 1)
+        ceil = bool(node.attrs.get("ceil_mode", 0))
+        padded = F.pad(flat, torch_pad_arg(pads)) if any(pads) else flat
+        total = _AVG[n](padded, kernel, strides, ceil_mode=ceil, divisor_override=1) if n > 1 else \
+            _AVG[n](padded, kernel, strides, ceil_mode=ceil) * kernel[0]
+        ones = torch.ones_like(flat[:1, :1])
+        if node.attrs.get("count_include_pad", 0):
+            mask = F.pad(ones, torch_pad_arg(pads), value=1.0) if any(pads) else ones
+        else:
+            mask = F.pad(ones, torch_pad_arg(pads)) if any(pads) else ones
+        count = _AVG[n](mask, kernel, strides, ceil_mode=ceil) * math.prod(kernel)
+        y = total / count
+        return y.reshape(*lead, *y.shape[1:])
+
+
+class GlobalAveragePool(LinearRule):
+    def forward(self, node, xs):
+        x = xs[0]
+        dims = tuple(range(3, x.dim()))
+        return x.mean(dim=dims, keepdim=True)
+
+
+class MaxPool(MonotoneRule):
+    """Monotone, so IBP is exact per endpoint; the CROWN rule arrives with the pooling issue."""
+
+    def forward(self, node, xs):
+        x = xs[0]
+        kernel = list(node.attrs["kernel_shape"])
+        n = len(kernel)
+        strides = list(node.attrs.get("strides", [1] * n))
+        dil = list(node.attrs.get("dilations", [1] * n))
+        pads = spatial_pads(node, list(x.shape[-n:]), kernel, strides, dil)
+        flat, lead = merge_batch(x, n + 1)
+        if any(pads):
+            flat = F.pad(flat, torch_pad_arg(pads), value=float("-inf"))
+        y = _MAX[n](flat, kernel, strides, dilation=dil, ceil_mode=bool(node.attrs.get("ceil_mode", 0)))
+        return y.reshape(*lead, *y.shape[1:])
+
+
+class GlobalMaxPool(MaxPool):
+    def forward(self, node, xs):
+        x = xs[0]
+        return x.amax(dim=tuple(range(3, x.dim())), keepdim=True)

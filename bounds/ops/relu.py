@@ -1,0 +1,56 @@
+"""ReLU and LeakyReLU: the piecewise-linear activations of classic verification benchmarks."""
+from __future__ import annotations
+
+import torch
+
+from bounds.ops.base import ActivationRule
+from bounds.types import Interval, Relaxation
+
+
+def leaky_relu_relaxation(x: Interval, slope: float, lower_slope: torch.Tensor | None = None) -> Relaxation:
+    """Bounds for max(x, slope*x) (slope <= 1): chord above, a line through 0 below.
+
+    `lower_slope` (alpha, in [slope, 1]) is the optimisable lower line; by default the
+    CROWN choice 1 if u > -l else slope, which minimises the area between the bounds.
+    """
+    l, u = x.lower, x.upper
+    active, inactive = l >= 0, u <= 0
+    unstable = ~(active | inactive)
+    width = torch.where(unstable, u - l, torch.ones_like(u))
+    chord = torch.where(unstable, (u - slope * l) / width, torch.zeros_like(u))
+    chord_b = torch.where(unstable, slope * l - chord * l, torch.zeros_like(u))
+    if lower_slope is None:
+        lower_slope = torch.where(u > -l, torch.ones_like(u), torch.full_like(u, slope))
+    one, s = torch.ones_like(u), torch.full_like(u, slope)
+    lw = torch.where(active, one, torch.where(inactive, s, lower_slope))
+    uw = torch.where(active, one, torch.where(inactive, s, chord))
+    zero = torch.zeros_like(u)
+    return Relaxation(lw, zero, uw, chord_b)
+
+
+class Relu(ActivationRule):
+    def exact_on(self, x):
+        return (x.lower >= 0) | (x.upper <= 0)
+
+    def fn(self, node, x):
+        return torch.relu(x)
+
+    def relax(self, node, x):
+        return leaky_relu_relaxation(x, 0.0)
+
+
+class LeakyRelu(ActivationRule):
+    exact_on = Relu.exact_on
+
+    def fn(self, node, x):
+        return torch.nn.functional.leaky_relu(x, node.attrs.get("alpha", 0.01))
+
+    def relax(self, node, x):
+        slope = float(node.attrs.get("alpha", 0.01))
+        if slope <= 1.0:
+            return leaky_relu_relaxation(x, slope)
+        # slope > 1 makes the function concave: mirror the convex case.
+        r = leaky_relu_relaxation(Interval(-x.upper, -x.lower), 1.0 / slope)
+        # f(x) = -slope * g(-x) with g the convex leaky ReLU of slope 1/slope
+        return Relaxation(r.uw * slope, -slope * r.ub, r.lw * slope, -slope * r.lb)
+

@@ -1,0 +1,54 @@
+"""Core value types shared by every bound algorithm.
+
+Shapes: a *batched* tensor has a leading batch dimension B (sub-problems) in front of the
+value's full ONNX shape. Constants are batched with B = 1 and broadcast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Elementwise bounds lower <= v <= upper; both (B, *shape)."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+
+    @staticmethod
+    def point(value: torch.Tensor) -> "Interval":
+        return Interval(value, value)
+
+    @property
+    def center(self) -> torch.Tensor:
+        return (self.lower + self.upper) / 2
+
+    @property
+    def radius(self) -> torch.Tensor:
+        return (self.upper - self.lower) / 2
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.lower.shape
+
+    def intersect(self, other: "Interval") -> "Interval":
+        return Interval(torch.maximum(self.lower, other.lower), torch.minimum(self.upper, other.upper))
+
+    def map(self, fn) -> "Interval":
+        """Apply a monotonically increasing map to both ends."""
+        return Interval(fn(self.lower), fn(self.upper))
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """Elementwise linear bounds lw*x + lb <= f(x) <= uw*x + ub, valid on the input interval.
+
+    All four tensors have the shape of the input interval (B, *shape).
+    """
+
+    lw: torch.Tensor
+    lb: torch.Tensor
+    uw: torch.Tensor
+    ub: torch.Tensor
