@@ -30,8 +30,11 @@ def _interval_of(graph: Graph, name: str, bounds: dict[str, Interval]) -> Interv
     return Interval.point(graph[name].value.unsqueeze(0))
 
 
-def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str, Interval]) -> torch.Tensor:
+def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str, Interval],
+                   alphas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Lower bound of C·value(target), C (B, S, *target_shape), over the input box.
+
+    `alphas` maps activation nodes to optimisable relaxation parameters (B, S, *shape).
 
     Nodes whose rule has no linear relaxation are cut: the coefficients reaching them are
     concretised with their interval, which is sound whatever lies behind them.
@@ -48,7 +51,10 @@ def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
         xs = [_interval_of(graph, n, bounds) for n in node.inputs]
         is_const = [graph[n].is_constant for n in node.inputs]
         try:
-            input_As, b = RULES[node.op].backward(node, A, xs, is_const)
+            if alphas is not None and node.name in alphas:
+                input_As, b = RULES[node.op].backward(node, A, xs, is_const, alpha=alphas[node.name])
+            else:
+                input_As, b = RULES[node.op].backward(node, A, xs, is_const)
         except NotImplementedError:
             bias = bias + concretize_lower(A, bounds[node.name])
             continue

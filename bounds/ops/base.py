@@ -163,9 +163,13 @@ class LinearRule(MonotoneRule):
 
 
 def relaxation_backward(A: torch.Tensor, relax: Relaxation) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shared elementwise backward step for a lower bound of A·f(x)."""
+    """The shared elementwise backward step for a lower bound of A·f(x).
+
+    The relaxation is (B, *shape), or (B, S, *shape) when it differs per spec row (alpha).
+    """
     pos, neg = A.clamp(min=0), A.clamp(max=0)
-    lw, lb, uw, ub = (t.unsqueeze(1) for t in (relax.lw, relax.lb, relax.uw, relax.ub))
+    per_row = relax.lw.dim() == A.dim()
+    lw, lb, uw, ub = (t if per_row else t.unsqueeze(1) for t in (relax.lw, relax.lb, relax.uw, relax.ub))
     new_A = pos * lw + neg * uw
     bias = flat_sum(pos * lb + neg * ub)
     return new_A, bias
@@ -179,8 +183,18 @@ class ActivationRule(MonotoneRule):
     def fn(self, node: Node, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def relax(self, node: Node, x: Interval) -> Relaxation:
+    def relax(self, node: Node, x: Interval, alpha: torch.Tensor | None = None) -> Relaxation:
+        """Linear bounds valid on x. With `alpha` (B, S, *shape) from `init_alpha`, the
+        optimisable part of the relaxation is taken from it and the result is per spec row."""
         raise NotImplementedError
+
+    def init_alpha(self, node: Node, x: Interval) -> torch.Tensor | None:
+        """Initial optimisable parameters (B, *shape), or None when nothing is optimisable."""
+        return None
+
+    def project_alpha(self, node: Node, alpha: torch.Tensor) -> torch.Tensor:
+        """Map parameters back into the set on which `relax` stays sound."""
+        return alpha
 
     def exact_on(self, x: Interval) -> torch.Tensor:
         """Where the relaxation is exact already, so tighter input bounds cannot help."""
@@ -189,6 +203,6 @@ class ActivationRule(MonotoneRule):
     def forward(self, node, xs):
         return self.fn(node, xs[0])
 
-    def backward(self, node, A, xs, is_const):
-        new_A, bias = relaxation_backward(A, self.relax(node, xs[0]))
+    def backward(self, node, A, xs, is_const, alpha: torch.Tensor | None = None):
+        new_A, bias = relaxation_backward(A, self.relax(node, xs[0], alpha))
         return [new_A], bias

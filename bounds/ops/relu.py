@@ -35,8 +35,16 @@ class Relu(ActivationRule):
     def fn(self, node, x):
         return torch.relu(x)
 
-    def relax(self, node, x):
-        return leaky_relu_relaxation(x, 0.0)
+    def relax(self, node, x, alpha=None):
+        if alpha is not None:
+            x = Interval(x.lower.unsqueeze(1), x.upper.unsqueeze(1))
+        return leaky_relu_relaxation(x, 0.0, alpha)
+
+    def init_alpha(self, node, x):
+        return (x.upper > -x.lower).to(x.lower.dtype)
+
+    def project_alpha(self, node, alpha):
+        return alpha.clamp(0.0, 1.0)
 
 
 class LeakyRelu(ActivationRule):
@@ -45,10 +53,24 @@ class LeakyRelu(ActivationRule):
     def fn(self, node, x):
         return torch.nn.functional.leaky_relu(x, node.attrs.get("alpha", 0.01))
 
-    def relax(self, node, x):
-        slope = float(node.attrs.get("alpha", 0.01))
+    def _slope(self, node) -> float:
+        return float(node.attrs.get("alpha", 0.01))
+
+    def init_alpha(self, node, x):
+        slope = self._slope(node)
+        if slope > 1.0:
+            return None
+        return torch.where(x.upper > -x.lower, torch.ones_like(x.lower), torch.full_like(x.lower, slope))
+
+    def project_alpha(self, node, alpha):
+        return alpha.clamp(self._slope(node), 1.0)
+
+    def relax(self, node, x, alpha=None):
+        slope = self._slope(node)
+        if alpha is not None:
+            x = Interval(x.lower.unsqueeze(1), x.upper.unsqueeze(1))
         if slope <= 1.0:
-            return leaky_relu_relaxation(x, slope)
+            return leaky_relu_relaxation(x, slope, alpha)
         # slope > 1 makes the function concave: mirror the convex case.
         r = leaky_relu_relaxation(Interval(-x.upper, -x.lower), 1.0 / slope)
         # f(x) = -slope * g(-x) with g the convex leaky ReLU of slope 1/slope

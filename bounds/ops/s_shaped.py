@@ -42,7 +42,7 @@ class SShaped(ActivationRule):
             unsafe = torch.where(ok, unsafe, mid)
         return safe
 
-    def relax(self, node, x: Interval) -> Relaxation:
+    def relax(self, node, x: Interval, alpha=None) -> Relaxation:
         dtype = x.lower.dtype
         l, u = x.lower.double(), x.upper.double()
         u = torch.maximum(u, l)
