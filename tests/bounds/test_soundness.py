@@ -84,3 +84,20 @@ def test_crown_exact_on_linear_networks(seed: int) -> None:
         exact.append(torch.einsum("bo,bo->b", C[:, s], run(graph, corner).reshape(2, -1)))
     exact_t = torch.stack(exact, 1).detach()
     assert torch.allclose(lower, exact_t, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_alpha_crown_sound_and_at_least_crown(seed: int) -> None:
+    from bounds.alpha import AlphaOptions, alpha_spec_lower_bounds
+
+    graph = random_mlp(seed, width=12, depth=3, acts=["Relu", "LeakyRelu"], residual=seed % 2 == 1)
+    box = _box(graph, seed, batch=2, radius=0.6)
+    gen = torch.Generator().manual_seed(seed)
+    C = torch.randn(2, 4, 3, generator=gen)
+    crown = spec_lower_bounds(graph, box, C, "crown")
+    alpha = alpha_spec_lower_bounds(graph, box, C, AlphaOptions(iterations=15, stop_above=None))
+    assert (alpha >= crown - 1e-5).all()
+    xs = _samples(box, 2000, seed)
+    ys = run(graph, xs.reshape(-1, *graph.input.shape)).reshape(2000, 2, -1)
+    values = torch.einsum("bso,nbo->nbs", C, ys)
+    assert (values >= alpha - 1e-4 * (1 + values.abs())).all()
