@@ -104,10 +104,37 @@ class Pad(LinearRule):
         if mode == "constant":
             return F.pad(x, arg, value=value)
         torch_mode = {"reflect": "reflect", "edge": "replicate", "wrap": "circular"}[mode]
-        n = rank - first
-        flat = x.reshape(-1, 1, *x.shape[x.dim() - n:]) if n < 3 else x
-        out = F.pad(flat, arg, mode=torch_mode)
-        return out.reshape(*x.shape[: x.dim() - n], *out.shape[-n:])
+        # these modes are separable: pad one axis at a time (torch pads at most 3 dims at once)
+        for axis in range(first, rank):
+            if pads[axis] or pads[axis + rank]:
+                moved = x.movedim(axis + 1, -1)
+                out = F.pad(moved.reshape(-1, 1, moved.shape[-1]), [pads[axis], pads[axis + rank]], mode=torch_mode)
+                x = out.reshape(*moved.shape[:-1], out.shape[-1]).movedim(-1, axis + 1)
+        return x
+
+
+def _window_sum(t: torch.Tensor, kernel: list[int], strides: list[int], ceil: bool) -> torch.Tensor:
+    """Sum over each pooling window (no implicit padding); 1-D goes through the 2-D pool."""
+    if len(kernel) == 1:
+        y = F.avg_pool2d(t.unsqueeze(-2), [1, kernel[0]], [1, strides[0]], ceil_mode=ceil, divisor_override=1)
+        return y.squeeze(-2)
+    return _AVG[len(kernel)](t, kernel, strides, ceil_mode=ceil, divisor_override=1)
+
+
+def _drop_padding_windows(y: torch.Tensor, sizes: list[int], kernel: list[int], strides: list[int],
+                          dil: list[int], pads: list[int]) -> torch.Tensor:
+    """ceil_mode: ONNX ignores windows that start in the right padding (torch, handed an
+    explicitly padded tensor, cannot tell padding from data and keeps them)."""
+    n = len(kernel)
+    for i in range(n):
+        span = sizes[i] + pads[i] + pads[i + n] - ((kernel[i] - 1) * dil[i] + 1)
+        out = -(-span // strides[i]) + 1
+        if (out - 1) * strides[i] >= sizes[i] + pads[i]:
+            out -= 1
+        dim = y.dim() - n + i
+        if y.shape[dim] > out:
+            y = y.narrow(dim, 0, out)
+    return y
 
 
 class AveragePool(LinearRule):
@@ -120,15 +147,16 @@ class AveragePool(LinearRule):
         flat, lead = merge_batch(x, n + 1)
         ceil = bool(node.attrs.get("ceil_mode", 0))
         padded = F.pad(flat, torch_pad_arg(pads)) if any(pads) else flat
-        total = _AVG[n](padded, kernel, strides, ceil_mode=ceil, divisor_override=1) if n > 1 else \
-            _AVG[n](padded, kernel, strides, ceil_mode=ceil) * kernel[0]
+        total = _window_sum(padded, kernel, strides, ceil)
         ones = torch.ones_like(flat[:1, :1])
         if node.attrs.get("count_include_pad", 0):
             mask = F.pad(ones, torch_pad_arg(pads), value=1.0) if any(pads) else ones
         else:
             mask = F.pad(ones, torch_pad_arg(pads)) if any(pads) else ones
-        count = _AVG[n](mask, kernel, strides, ceil_mode=ceil) * math.prod(kernel)
+        count = _window_sum(mask, kernel, strides, ceil)  # windows cut by ceil_mode count less
         y = total / count
+        if ceil:
+            y = _drop_padding_windows(y, list(x.shape[-n:]), kernel, strides, [1] * n, pads)
         return y.reshape(*lead, *y.shape[1:])
 
 
@@ -152,7 +180,10 @@ class MaxPool(MonotoneRule):
         flat, lead = merge_batch(x, n + 1)
         if any(pads):
             flat = F.pad(flat, torch_pad_arg(pads), value=float("-inf"))
-        y = _MAX[n](flat, kernel, strides, dilation=dil, ceil_mode=bool(node.attrs.get("ceil_mode", 0)))
+        ceil = bool(node.attrs.get("ceil_mode", 0))
+        y = _MAX[n](flat, kernel, strides, dilation=dil, ceil_mode=ceil)
+        if ceil:
+            y = _drop_padding_windows(y, list(x.shape[-n:]), kernel, strides, dil, pads)
         return y.reshape(*lead, *y.shape[1:])
 
 

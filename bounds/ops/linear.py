@@ -168,6 +168,8 @@ class Div(LinearRule):
 
     def forward(self, node, xs):
         a, b = align_ranks(*xs)
+        if not a.is_floating_point() and not b.is_floating_point():  # ONNX integer Div truncates
+            return torch.div(a, b, rounding_mode="trunc")
         return a / b
 
     def ibp(self, node, xs):

@@ -137,7 +137,7 @@ def _clamp_slice(start: int, end: int, step: int, size: int) -> tuple[int | None
         start = min(max(start, 0), size)
         end_v = min(max(end_v if end_v is not None else 0, 0), size)
     else:
-        start = min(max(start, -1), size - 1)
+        start = min(max(start, 0), size - 1)  # ONNX clamps to [0, dim - 1] for negative steps
         if end_v is not None:
             end_v = max(end_v, -1)
             end_v = None if end_v == -1 else min(end_v, size - 1)
