@@ -31,10 +31,13 @@ def _interval_of(graph: Graph, name: str, bounds: dict[str, Interval]) -> Interv
 
 
 def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str, Interval],
-                   alphas: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                   alphas: dict[str, torch.Tensor] | None = None,
+                   input_coeffs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Lower bound of C·value(target), C (B, S, *target_shape), over the input box.
 
     `alphas` maps activation nodes to optimisable relaxation parameters (B, S, *shape).
+    When `input_coeffs` is given, the linear coefficients reaching each input are stored in it
+    (they say which input dimensions the bound is most sensitive to).
 
     Nodes whose rule has no linear relaxation are cut: the coefficients reaching them are
     concretised with their interval, which is sound whatever lies behind them.
@@ -47,6 +50,8 @@ def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
             continue
         if node.op == INPUT:
             bias = bias + concretize_lower(A, bounds[node.name])
+            if input_coeffs is not None:
+                input_coeffs[node.name] = A
             continue
         xs = [_interval_of(graph, n, bounds) for n in node.inputs]
         is_const = [graph[n].is_constant for n in node.inputs]
@@ -65,75 +70,96 @@ def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
     return bias
 
 
-def _refine_rows(node: Node, interval: Interval, consumers: list[Node]) -> torch.Tensor:
-    """Flat indices of neurons whose relaxation would change with tighter bounds (any batch)."""
+def _refine_mask(interval: Interval, consumers: list[Node]) -> torch.Tensor:
+    """(B, numel) neurons whose relaxation would change with tighter bounds."""
     exact = torch.ones_like(interval.lower, dtype=torch.bool)
     for user in consumers:
         rule = RULES[user.op]
         if rule.needs_input_bounds:
             exact &= rule.exact_on(interval) if isinstance(rule, ActivationRule) else interval.lower == interval.upper
-    need = (~exact).flatten(1).any(0)
-    return need.nonzero().flatten()
+    return (~exact).flatten(1)
 
 
-def crown_interval(graph: Graph, name: str, bounds: dict[str, Interval], rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """CROWN lower/upper bounds of the selected flat neurons of `name`: (B, len(rows)) each."""
+def crown_interval(graph: Graph, name: str, bounds: dict[str, Interval],
+                   mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CROWN bounds of the neurons of `name` selected by mask (B, numel).
+
+    Each sub-problem gets its own rows (as many as the busiest one needs), so a batch of
+    mostly-stable domains is cheap. Returns flat (B, numel) lower/upper, -inf/+inf where
+    nothing was computed.
+    """
     ref = bounds[graph.inputs[0]].lower
-    batch = max(b.lower.shape[0] for b in bounds.values())
+    batch = max(mask.shape[0], max(b.lower.shape[0] for b in bounds.values()))
+    mask = mask.expand(batch, -1)
     shape = graph[name].shape
-    numel = math.prod(shape)
+    numel = mask.shape[1]
+    k_total = int(mask.sum(1).max())
+    order = torch.argsort(mask.to(torch.int8), dim=1, descending=True, stable=True)[:, :k_total]
     widest = max(math.prod(graph[n].shape) for n in graph.ancestors(name))
     chunk = max(1, _MAX_COEFFICIENTS // max(1, 2 * batch * widest))
-    lows, ups = [], []
-    for start in range(0, len(rows), chunk):
-        sel = rows[start:start + chunk]
-        k = len(sel)
-        eye = torch.zeros(k, numel, dtype=ref.dtype, device=ref.device)
-        eye[torch.arange(k, device=ref.device), sel] = 1.0
-        C = torch.cat([eye, -eye]).reshape(1, 2 * k, *shape).expand(batch, 2 * k, *shape)
-        lb = backward_lower(graph, name, C, bounds)
-        lows.append(lb[:, :k])
-        ups.append(-lb[:, k:])
-    return torch.cat(lows, 1), torch.cat(ups, 1)
+    low = torch.full((batch, numel), -torch.inf, dtype=ref.dtype, device=ref.device)
+    up = torch.full((batch, numel), torch.inf, dtype=ref.dtype, device=ref.device)
+    for start in range(0, k_total, chunk):
+        idx = order[:, start:start + chunk]
+        k = idx.shape[1]
+        C = torch.zeros(batch, 2 * k, numel, dtype=ref.dtype, device=ref.device)
+        C[:, :k].scatter_(2, idx.unsqueeze(2), 1.0)
+        C[:, k:].scatter_(2, idx.unsqueeze(2), -1.0)
+        lb = backward_lower(graph, name, C.reshape(batch, 2 * k, *shape), bounds)
+        low.scatter_(1, idx, lb[:, :k])
+        up.scatter_(1, idx, -lb[:, k:])
+    return low, up
+
+
+def pre_activation_nodes(graph: Graph) -> set[str]:
+    """Variable values whose intervals some nonlinear op's relaxation reads."""
+    return {n for node in graph.nodes if node.op in RULES and RULES[node.op].needs_input_bounds
+            for n in node.inputs if not graph[n].is_constant}
 
 
 def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
-                        bounds: dict[str, Interval] | None = None) -> dict[str, Interval]:
-    """Intervals for every value; inputs of nonlinear ops tightened by CROWN when asked."""
+                        bounds: dict[str, Interval] | None = None,
+                        prior: dict[str, Interval] | None = None) -> dict[str, Interval]:
+    """Intervals for every value; inputs of nonlinear ops tightened by CROWN when asked.
+
+    `prior` holds intervals known to be valid already (e.g. a parent sub-problem's, whose
+    box contains this one): they are intersected in before deciding what to refine.
+    """
     users = graph.consumers()
-    relaxed = {n for node in graph.nodes if RULES.get(node.op) is not None and RULES[node.op].needs_input_bounds
-               for n in node.inputs}
+    relaxed = pre_activation_nodes(graph)
 
     def refine(node: Node, interval: Interval, known: dict[str, Interval]) -> Interval:
+        if prior is not None and node.name in prior:
+            interval = interval.intersect(prior[node.name])
         if method != "crown" or node.name not in relaxed:
             return interval
-        rows = _refine_rows(node, interval, users[node.name])
-        if len(rows) == 0:
+        mask = _refine_mask(interval, users[node.name])
+        if not bool(mask.any()):
             return interval
         known[node.name] = interval  # CROWN may cut through this node's own consumers' inputs
-        lo, up = crown_interval(graph, node.name, known, rows)
-        flat_lo = interval.lower.flatten(1).clone()
-        flat_up = interval.upper.flatten(1).clone()
-        flat_lo = flat_lo.expand(lo.shape[0], -1).clone() if flat_lo.shape[0] != lo.shape[0] else flat_lo
-        flat_up = flat_up.expand(lo.shape[0], -1).clone() if flat_up.shape[0] != lo.shape[0] else flat_up
-        flat_lo[:, rows] = torch.maximum(flat_lo[:, rows], lo)
-        flat_up[:, rows] = torch.minimum(flat_up[:, rows], up)
-        shape = (flat_lo.shape[0], *interval.lower.shape[1:])
-        return Interval(flat_lo.reshape(shape), flat_up.reshape(shape))
+        low, up = crown_interval(graph, node.name, known, mask)
+        shape = (low.shape[0], *interval.lower.shape[1:])
+        return interval.intersect(Interval(low.reshape(shape), up.reshape(shape)))
 
     with torch.no_grad():
         return propagate(graph, box, bounds, refine=refine)
 
 
 def spec_lower_bounds(graph: Graph, box: Interval, C: torch.Tensor, method: str = "crown",
-                      bounds: dict[str, Interval] | None = None) -> torch.Tensor:
-    """Lower bounds of C·y over the box; C (B, S, n_outputs) over the flattened first output."""
+                      bounds: dict[str, Interval] | None = None,
+                      input_coeffs: dict[str, torch.Tensor] | None = None,
+                      prior: dict[str, Interval] | None = None) -> torch.Tensor:
+    """Lower bounds of C·y over the box; C (B, S, n_outputs) over the flattened first output.
+
+    A `bounds` dict passed in is filled with every intermediate interval (callers keep them
+    as `prior` for sub-problems of this box).
+    """
     out = graph.outputs[0]
     shape = graph[out].shape
     with torch.no_grad():
-        bounds = intermediate_bounds(graph, box, method, bounds)
+        bounds = intermediate_bounds(graph, box, method, bounds, prior)
         C = C.reshape(C.shape[0], C.shape[1], *shape)
         if method == "ibp":
             return concretize_lower(C, bounds[out])
-        crown = backward_lower(graph, out, C, bounds)
+        crown = backward_lower(graph, out, C, bounds, input_coeffs=input_coeffs)
         return torch.maximum(crown, concretize_lower(C, bounds[out]))

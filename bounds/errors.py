@@ -56,7 +56,7 @@ class UnsupportedOpError(VerifierError):
             quoted = ", ".join(f"'{n}'" for n in names)
             where = f"node {quoted}" if len(names) == 1 else f"{len(names)} nodes {quoted}"
             why = f": {reason}" if reason else ""
-            parts.append(f"{op} ({where}, opset {opset}{why})")
+            parts.append(f"{op} ({where}{f', opset {opset}' if opset else ''}{why})")
         n_ops = len(self.op_types)
         noun = "operator" if n_ops == 1 else "operators"
         msg = f"the model uses {n_ops} {noun} nnverify does not support: " + "; ".join(parts) + "."

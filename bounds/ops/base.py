@@ -167,11 +167,12 @@ def relaxation_backward(A: torch.Tensor, relax: Relaxation) -> tuple[torch.Tenso
 
     The relaxation is (B, *shape), or (B, S, *shape) when it differs per spec row (alpha).
     """
-    pos, neg = A.clamp(min=0), A.clamp(max=0)
     per_row = relax.lw.dim() == A.dim()
     lw, lb, uw, ub = (t if per_row else t.unsqueeze(1) for t in (relax.lw, relax.lb, relax.uw, relax.ub))
-    new_A = pos * lw + neg * uw
-    bias = flat_sum(pos * lb + neg * ub)
+    pos = A.clamp(min=0)
+    # A+ * lw + A- * uw, written with one clamp: A * uw + A+ * (lw - uw)
+    new_A = torch.addcmul(A * uw, pos, lw - uw)
+    bias = flat_sum(torch.addcmul((A - pos) * ub, pos, lb))
     return new_A, bias
 
 

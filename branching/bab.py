@@ -1,0 +1,119 @@
+"""Batched branch-and-bound with input splitting (for networks with few inputs)."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from bounds.crown import pre_activation_nodes, spec_lower_bounds
+from bounds.graph.interpret import run
+from bounds.graph.ir import Graph
+from bounds.types import Interval
+from branching.domains import DomainBatch
+from branching.input_split import bisect, split_scores
+from branching.problem import SpecTensors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BaBOptions:
+    batch_size: int = 512
+    #: stop (unknown) rather than exhaust memory once this many domains wait
+    max_domains: int = 2_000_000
+    #: domains narrower than this in every dimension are not split further
+    min_width: float = 1e-7
+
+
+@dataclass
+class BaBOutcome:
+    status: str                               # "unsat" | "sat" | "timeout" | "unknown"
+    witness: torch.Tensor | None = None       # (*input_shape) when sat
+    visited: int = 0
+    max_depth: int = 0
+    worst_margin: float | None = None
+    elapsed: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _corner_candidates(domains: DomainBatch, coeffs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Points most likely to violate: the corner minimising the deciding row's linear bound."""
+    n = len(domains)
+    A = coeffs[torch.arange(n, device=coeffs.device), rows]
+    return torch.where(A > 0, domains.lower, domains.upper)
+
+
+def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOptions = BaBOptions(),
+                    progress: Callable[[BaBOutcome, int], None] | None = None) -> BaBOutcome:
+    """Decide the spec by bisecting input boxes until every piece is verified or one violates."""
+    start = time.perf_counter()
+    K = problem.n_cases
+    device = problem.lower.device
+    domains = DomainBatch(problem.lower, problem.upper, torch.arange(K, device=device),
+                          torch.full((K,), -torch.inf, device=device), torch.zeros(K, dtype=torch.long, device=device))
+    outcome = BaBOutcome("unsat")
+    input_name = graph.inputs[0]
+    relaxed = pre_activation_nodes(graph)
+    while len(domains):
+        if deadline.expired():
+            outcome.status = "timeout"
+            break
+        if len(domains) > options.max_domains:
+            outcome.status = "unknown"
+            outcome.notes.append(f"more than {options.max_domains} open sub-problems")
+            break
+        batch, domains = domains.pop_worst(options.batch_size)
+        coeffs: dict[str, torch.Tensor] = {}
+        computed: dict[str, Interval] = {}
+        lower = spec_lower_bounds(graph, Interval(batch.lower, batch.upper), problem.C[batch.case], "crown",
+                                  bounds=computed, input_coeffs=coeffs, prior=batch.inter or None)
+        outcome.visited += len(batch)
+        outcome.max_depth = max(outcome.max_depth, int(batch.depth.max()))
+        margins = problem.margins(batch.case, lower)
+        open_ = margins <= 0
+        if not bool(open_.any()):
+            continue
+        batch = DomainBatch(batch.lower, batch.upper, batch.case, batch.score, batch.depth,
+                            {k: computed[k] for k in relaxed})
+        batch, lower, margins = batch.take(open_.nonzero().flatten()), lower[open_], margins[open_]
+        # the row deciding each domain: the best row of its worst polytope ~ the most negative margin row
+        rows = _deciding_rows(problem, batch.case, lower)
+        A = coeffs[input_name][open_]
+        candidates = torch.cat([_corner_candidates(batch, A, rows), (batch.lower + batch.upper) / 2])
+        cases = batch.case.repeat(2)
+        with torch.no_grad():
+            y = run(graph, candidates)
+        hit = problem.violated(cases, y)
+        if bool(hit.any()):
+            outcome.status = "sat"
+            outcome.witness = candidates[hit.nonzero()[0, 0]]
+            break
+        width = (batch.upper - batch.lower).reshape(len(batch), -1)
+        splittable = width.amax(1) > options.min_width
+        if not bool(splittable.all()):
+            outcome.status = "unknown"
+            outcome.notes.append("a sub-problem became too small to split without being decided")
+            outcome.worst_margin = float(margins.min())
+            break
+        dims = split_scores(batch, A, rows).argmax(1)
+        batch = DomainBatch(batch.lower, batch.upper, batch.case, margins, batch.depth, batch.inter)
+        domains = DomainBatch.cat([domains, bisect(batch, dims)])
+        outcome.worst_margin = float(margins.min())
+        if progress is not None:
+            progress(outcome, len(domains))
+    outcome.elapsed = time.perf_counter() - start
+    return outcome
+
+
+def _deciding_rows(problem: SpecTensors, case: torch.Tensor, row_lower: torch.Tensor) -> torch.Tensor:
+    """Per domain, the row whose improvement would help most: best row of the worst open polytope."""
+    margin = (row_lower - problem.d[case]).unsqueeze(-1)
+    member = problem.onehot[case] > 0
+    masked = torch.where(member, margin, torch.full_like(margin, -torch.inf))
+    best_val, best_row = masked.max(1)  # (N, P)
+    best_val = torch.where(problem.real[case], best_val, torch.full_like(best_val, torch.inf))
+    worst_poly = best_val.argmin(1)
+    return best_row[torch.arange(len(case), device=case.device), worst_poly]

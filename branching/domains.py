@@ -1,0 +1,46 @@
+"""Sub-problems of input-splitting branch-and-bound as one struct of batched tensors."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from bounds.types import Interval
+
+
+@dataclass(frozen=True)
+class DomainBatch:
+    lower: torch.Tensor   # (N, *input_shape)
+    upper: torch.Tensor   # (N, *input_shape)
+    case: torch.Tensor    # (N,) long: which spec case (box/polytopes) the domain belongs to
+    score: torch.Tensor   # (N,) best margin known (higher is closer to verified); -inf unknown
+    depth: torch.Tensor   # (N,) long
+    #: intermediate intervals proven for the domain (or an ancestor): name -> (N, *shape)
+    inter: dict[str, Interval] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.case.shape[0]
+
+    def take(self, idx: torch.Tensor) -> "DomainBatch":
+        return DomainBatch(self.lower[idx], self.upper[idx], self.case[idx], self.score[idx], self.depth[idx],
+                           {k: Interval(v.lower[idx], v.upper[idx]) for k, v in self.inter.items()})
+
+    def repeat(self, times: int) -> "DomainBatch":
+        idx = torch.arange(len(self), device=self.case.device).repeat(times)
+        return self.take(idx)
+
+    @staticmethod
+    def cat(parts: list["DomainBatch"]) -> "DomainBatch":
+        parts = [p for p in parts if len(p)] or parts[:1]
+        keys = set.intersection(*(set(p.inter) for p in parts)) if parts else set()
+        inter = {k: Interval(torch.cat([p.inter[k].lower for p in parts]), torch.cat([p.inter[k].upper for p in parts]))
+                 for k in keys}
+        return DomainBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                             ("lower", "upper", "case", "score", "depth")), inter)
+
+    def pop_worst(self, k: int) -> tuple["DomainBatch", "DomainBatch"]:
+        """The k domains with the lowest score, and the rest."""
+        if len(self) <= k:
+            return self, self.take(torch.zeros(0, dtype=torch.long, device=self.case.device))
+        order = torch.argsort(self.score)
+        return self.take(order[:k]), self.take(order[k:])

@@ -1,0 +1,87 @@
+"""A Spec as batched tensors: what branch-and-bound and the verifier bound and check."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from specs import Spec
+
+
+@dataclass(frozen=True)
+class SpecTensors:
+    """K cases (input boxes), each with up to P polytopes made of up to R rows in total.
+
+    A case's polytope p is refuted (safe) when some row r of it has lower(C_r·y) > d_r.
+    Padding rows have group -1; padding polytopes count as refuted. A polytope without rows
+    holds everywhere, so it is never refuted and every point of its box violates it.
+    """
+
+    lower: torch.Tensor       # (K, *input_shape)
+    upper: torch.Tensor       # (K, *input_shape)
+    C: torch.Tensor           # (K, R, n_outputs), zero on padding rows
+    d: torch.Tensor           # (K, R)
+    group: torch.Tensor       # (K, R) long, polytope index of each row, -1 on padding
+    onehot: torch.Tensor      # (K, R, P) float, row -> polytope membership
+    real: torch.Tensor        # (K, P) bool, polytope exists in this case
+
+    @staticmethod
+    def from_spec(spec: Spec, input_shape: tuple[int, ...], device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32) -> "SpecTensors":
+        K = len(spec.cases)
+        stacked = [case.stacked() for case in spec.cases]
+        R = max([1] + [len(s[1]) for s in stacked])
+        P = max([1] + [len(case.polytopes) for case in spec.cases])
+        C = torch.zeros(K, R, spec.n_outputs, dtype=torch.float64)
+        d = torch.zeros(K, R, dtype=torch.float64)
+        group = torch.full((K, R), -1, dtype=torch.long)
+        real = torch.zeros(K, P, dtype=torch.bool)
+        for k, (rows, rhs, grp) in enumerate(stacked):
+            n = len(rhs)
+            C[k, :n] = torch.as_tensor(rows)
+            d[k, :n] = torch.as_tensor(rhs)
+            group[k, :n] = torch.as_tensor(grp)
+            real[k, : len(spec.cases[k].polytopes)] = True
+        onehot = torch.zeros(K, R, P, dtype=dtype)
+        valid = group >= 0
+        onehot[valid.nonzero(as_tuple=True) + (group[valid],)] = 1.0
+        lower = torch.stack([torch.as_tensor(c.lower) for c in spec.cases]).reshape(K, *input_shape)
+        upper = torch.stack([torch.as_tensor(c.upper) for c in spec.cases]).reshape(K, *input_shape)
+        to = dict(device=device, dtype=dtype)
+        return SpecTensors(lower.to(**to), upper.to(**to), C.to(**to), d.to(**to), group.to(device),
+                           onehot.to(device), real.to(device))
+
+    @property
+    def n_cases(self) -> int:
+        return self.C.shape[0]
+
+    def refuted(self, case: torch.Tensor, row_lower: torch.Tensor) -> torch.Tensor:
+        """(N, P) bool: polytope proven unreachable, from lower bounds of C·y (N, R)."""
+        proven = (row_lower - self.d[case] > 0) & (self.group[case] >= 0)
+        hits = torch.einsum("nr,nrp->np", proven.to(self.onehot.dtype), self.onehot[case])
+        return (hits > 0) | ~self.real[case]
+
+    def margins(self, case: torch.Tensor, row_lower: torch.Tensor) -> torch.Tensor:
+        """(N,) the worst polytope's best row margin; > 0 means the domain is verified."""
+        margin = (row_lower - self.d[case]).unsqueeze(-1)
+        member = self.onehot[case] > 0
+        best = torch.where(member, margin, torch.full_like(margin, -torch.inf)).amax(1)  # (N, P)
+        best = torch.where(self.real[case], best, torch.full_like(best, torch.inf))
+        return best.amin(1)
+
+    def violated(self, case: torch.Tensor, y: torch.Tensor, tol: float = 0.0) -> torch.Tensor:
+        """(N,) bool: some polytope of the case holds at outputs y (N, n_outputs)."""
+        values = torch.einsum("nro,no->nr", self.C[case], y.reshape(y.shape[0], -1)) - self.d[case]
+        bad = (values > tol) & (self.group[case] >= 0)
+        broken = torch.einsum("nr,nrp->np", bad.to(self.onehot.dtype), self.onehot[case]) > 0
+        return (~broken & self.real[case]).any(1)
+
+    def violation_loss(self, case: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(N,) differentiable: min over polytopes of the max row value; <= 0 means violated."""
+        values = torch.einsum("nro,no->nr", self.C[case], y.reshape(y.shape[0], -1)) - self.d[case]
+        member = self.onehot[case] > 0
+        worst = torch.where(member, values.unsqueeze(-1), torch.full_like(member, -torch.inf, dtype=values.dtype)).amax(1)
+        empty = ~member.any(1)
+        worst = torch.where(empty & self.real[case], torch.full_like(worst, -1.0), worst)
+        worst = torch.where(self.real[case], worst, torch.full_like(worst, torch.inf))
+        return worst.amin(1)
