@@ -38,15 +38,15 @@ class SpecTensors:
         real = torch.zeros(K, P, dtype=torch.bool)
         for k, (rows, rhs, grp) in enumerate(stacked):
             n = len(rhs)
-            C[k, :n] = torch.as_tensor(rows)
-            d[k, :n] = torch.as_tensor(rhs)
-            group[k, :n] = torch.as_tensor(grp)
+            C[k, :n] = torch.tensor(rows)
+            d[k, :n] = torch.tensor(rhs)
+            group[k, :n] = torch.tensor(grp)
             real[k, : len(spec.cases[k].polytopes)] = True
         onehot = torch.zeros(K, R, P, dtype=dtype)
         valid = group >= 0
         onehot[valid.nonzero(as_tuple=True) + (group[valid],)] = 1.0
-        lower = torch.stack([torch.as_tensor(c.lower) for c in spec.cases]).reshape(K, *input_shape)
-        upper = torch.stack([torch.as_tensor(c.upper) for c in spec.cases]).reshape(K, *input_shape)
+        lower = torch.stack([torch.tensor(c.lower) for c in spec.cases]).reshape(K, *input_shape)
+        upper = torch.stack([torch.tensor(c.upper) for c in spec.cases]).reshape(K, *input_shape)
         to = dict(device=device, dtype=dtype)
         return SpecTensors(lower.to(**to), upper.to(**to), C.to(**to), d.to(**to), group.to(device),
                            onehot.to(device), real.to(device))

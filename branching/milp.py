@@ -1,0 +1,181 @@
+"""Exact verification of piecewise-linear networks by mixed-integer programming (HiGHS).
+
+Each value is kept as an affine expression over the MILP's variables (the inputs and one
+variable per unstable ReLU), so linear layers cost no constraints. Unstable ReLUs use the
+big-M encoding with the tightest intervals available (CROWN). For each polytope the MILP
+minimises t subject to C_i·y - d_i <= t: the polytope is reachable iff the optimum t* <= 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import highspy
+import numpy as np
+import torch
+
+from bounds.crown import intermediate_bounds
+from bounds.graph.ir import CONSTANT, INPUT, Graph
+from bounds.ops import RULES
+from bounds.ops.base import LinearRule
+from bounds.ops.relu import LeakyRelu, Relu
+from bounds.types import Interval
+from specs import Spec, SpecCase
+
+
+@dataclass(frozen=True)
+class PolytopeOptimum:
+    case: int
+    polytope: int
+    value: float | None            # t*, None when the solver gave no optimum
+    x: np.ndarray | None           # input attaining it (flat)
+    status: str
+
+
+def _linear_map(node, xs_shapes, consts, var_positions):
+    """Jacobian and offset of a linear node with respect to its variable inputs (float64)."""
+    args = []
+    for i, shape in enumerate(xs_shapes):
+        args.append(consts[i] if i not in var_positions else torch.zeros((1, *shape), dtype=torch.float64))
+    offset = RULES[node.op].forward(node, args).reshape(-1)
+    jacs = []
+    for i in var_positions:
+        def f(z, i=i):
+            a = list(args)
+            a[i] = z.reshape(1, *xs_shapes[i])
+            return RULES[node.op].forward(node, a).reshape(-1)
+        n_in = int(np.prod(xs_shapes[i]))
+        jacs.append(torch.autograd.functional.jacobian(f, torch.zeros(n_in, dtype=torch.float64)))
+    return jacs, offset
+
+
+def build_and_solve(graph: Graph, case: SpecCase, polytope_index: int, time_limit: float = 60.0,
+                    bounds: dict[str, Interval] | None = None) -> PolytopeOptimum:
+    g64 = graph
+    box_l = torch.tensor(case.lower, dtype=torch.float64).reshape(1, *graph.input.shape)
+    box_u = torch.tensor(case.upper, dtype=torch.float64).reshape(1, *graph.input.shape)
+    if bounds is None:
+        from bounds.graph.ir import graph_to
+        g64 = graph_to(graph, dtype=torch.float64)
+        bounds = intermediate_bounds(g64, Interval(box_l, box_u), "crown")
+    n_in = box_l.numel()
+    lbs, ubs = list(box_l.reshape(-1).tolist()), list(box_u.reshape(-1).tolist())
+    integer: list[int] = []
+    rows: list[tuple[dict[int, float], float, float]] = []  # (coeffs, lower, upper)
+    exprs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for node in g64.nodes:
+        if node.op == CONSTANT:
+            continue
+        if node.op == INPUT:
+            exprs[node.name] = (torch.eye(n_in, dtype=torch.float64), torch.zeros(n_in, dtype=torch.float64))
+            continue
+        rule = RULES[node.op]
+        var_pos = [i for i, n in enumerate(node.inputs) if not g64[n].is_constant]
+        if isinstance(rule, (Relu, LeakyRelu)):
+            M, c = exprs[node.inputs[0]]
+            interval = bounds[node.inputs[0]]
+            lo, up = interval.lower.reshape(-1).double(), interval.upper.reshape(-1).double()
+            slope = 0.0 if isinstance(rule, Relu) else float(node.attrs.get("alpha", 0.01))
+            if slope > 1:
+                raise NotImplementedError("LeakyRelu with slope > 1 in MILP")
+            width = len(lbs) + 2 * int(((lo < 0) & (up > 0)).sum())
+            newM = torch.zeros(M.shape[0], width, dtype=torch.float64)
+            newM[:, : M.shape[1]] = M
+            newc = c.clone()
+            for j in range(M.shape[0]):
+                if lo[j] >= 0:
+                    continue
+                if up[j] <= 0:
+                    newM[j] = 0
+                    newM[j, : M.shape[1]] = slope * M[j]
+                    newc[j] = slope * c[j]
+                    continue
+                y, a = len(lbs), len(lbs) + 1
+                lbs += [float(slope * lo[j]), 0.0]
+                ubs += [float(up[j]), 1.0]
+                integer.append(a)
+                e = {k: float(v) for k, v in enumerate(M[j].tolist()) if v != 0}
+                # y >= e and y >= slope*e; the binary a picks which line y sits on:
+                # a = 1 (e >= 0): y <= e, a = 0 (e <= 0): y <= slope*e, big-M from [lo, up]
+                big_off = float((slope - 1) * lo[j])   # max of y - e when e <= 0
+                big_on = float((1 - slope) * up[j])    # max of y - slope*e when e >= 0
+                rows.append(({**{k: -v for k, v in e.items()}, y: 1.0}, float(c[j]), np.inf))
+                rows.append(({**{k: -slope * v for k, v in e.items()}, y: 1.0}, float(slope * c[j]), np.inf))
+                rows.append(({**{k: -v for k, v in e.items()}, y: 1.0, a: big_off}, -np.inf, float(c[j]) + big_off))
+                rows.append(({**{k: -slope * v for k, v in e.items()}, y: 1.0, a: -big_on}, -np.inf, float(slope * c[j])))
+                newM[j] = 0
+                newM[j, y] = 1.0
+                newc[j] = 0.0
+            exprs[node.name] = (newM, newc)
+            for name in list(exprs):
+                if exprs[name][0].shape[1] < width:
+                    m, cc = exprs[name]
+                    exprs[name] = (torch.cat([m, torch.zeros(m.shape[0], width - m.shape[1], dtype=torch.float64)], 1), cc)
+            continue
+        if not isinstance(rule, LinearRule) or rule.needs_input_bounds:
+            raise NotImplementedError(f"MILP encoding has no rule for {node.describe()}")
+        shapes = [tuple(g64[n].shape) for n in node.inputs]
+        consts = [g64[n].value.unsqueeze(0).double() if g64[n].is_constant and g64[n].value.is_floating_point()
+                  else (g64[n].value.unsqueeze(0) if g64[n].is_constant else None) for n in node.inputs]
+        jacs, offset = _linear_map(node, shapes, consts, var_pos)
+        width = max(exprs[node.inputs[i]][0].shape[1] for i in var_pos)
+        M = torch.zeros(offset.numel(), width, dtype=torch.float64)
+        c = offset.clone()
+        for J, i in zip(jacs, var_pos):
+            Mi, ci = exprs[node.inputs[i]]
+            Mi = torch.cat([Mi, torch.zeros(Mi.shape[0], width - Mi.shape[1], dtype=torch.float64)], 1)
+            M += J @ Mi
+            c += J @ ci
+        exprs[node.name] = (M, c)
+    M, c = exprs[g64.outputs[0]]
+    poly = case.polytopes[polytope_index]
+    C = torch.tensor(poly.C, dtype=torch.float64)
+    d = torch.tensor(poly.d, dtype=torch.float64)
+    t = len(lbs)
+    lbs.append(-np.inf)
+    ubs.append(np.inf)
+    width = len(lbs)
+    CM = C @ torch.cat([M, torch.zeros(M.shape[0], width - M.shape[1], dtype=torch.float64)], 1)
+    for i in range(C.shape[0]):
+        coeffs = {k: float(v) for k, v in enumerate(CM[i].tolist()) if v != 0}
+        coeffs[t] = coeffs.get(t, 0.0) - 1.0
+        rows.append((coeffs, -np.inf, float(d[i] - C[i] @ c)))
+    return _solve(lbs, ubs, integer, rows, t, n_in, case, polytope_index, time_limit)
+
+
+def _solve(lbs, ubs, integer, rows, t, n_in, case, polytope_index, time_limit) -> PolytopeOptimum:
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("time_limit", float(time_limit))
+    h.setOptionValue("mip_feasibility_tolerance", 1e-9)
+    h.setOptionValue("primal_feasibility_tolerance", 1e-9)
+    n = len(lbs)
+    inf = highspy.kHighsInf
+    h.addVars(n, np.array([max(v, -inf) for v in lbs]), np.array([min(v, inf) for v in ubs]))
+    if integer:
+        h.changeColsIntegrality(len(integer), np.array(integer, dtype=np.int32),
+                                np.array([highspy.HighsVarType.kInteger] * len(integer)))
+    for coeffs, lo, up in rows:
+        idx = np.array(list(coeffs), dtype=np.int32)
+        h.addRow(max(lo, -inf), min(up, inf), len(idx), idx, np.array([coeffs[i] for i in coeffs]))
+    h.changeColCost(t, 1.0)
+    h.run()
+    status = h.getModelStatus()
+    name = h.modelStatusToString(status)
+    if status != highspy.HighsModelStatus.kOptimal:
+        return PolytopeOptimum(-1, polytope_index, None, None, name)
+    sol = np.array(h.getSolution().col_value)
+    return PolytopeOptimum(-1, polytope_index, float(sol[t]), sol[:n_in].copy(), name)
+
+
+def verify_milp(graph: Graph, spec: Spec, time_limit: float = 60.0) -> tuple[str, np.ndarray | None, float]:
+    """('sat'|'unsat'|'unknown', witness x, smallest t*) over every case and polytope."""
+    best = np.inf
+    for k, case in enumerate(spec.cases):
+        for p in range(len(case.polytopes)):
+            res = build_and_solve(graph, case, p, time_limit)
+            if res.value is None:
+                return "unknown", None, best
+            best = min(best, res.value)
+            if res.value <= 0:
+                return "sat", res.x, best
+    return "unsat", None, best

@@ -1,0 +1,62 @@
+"""Branch-and-bound verdicts equal the exact MILP's on random small ReLU networks."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from branching.bab import input_split_bab
+from branching.milp import verify_milp
+from branching.problem import SpecTensors
+from specs import Polytope, Spec, SpecCase
+from tests.bounds.random_graphs import random_mlp
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.end
+
+
+def _random_spec(graph, seed: int) -> Spec:
+    """A box and a threshold chosen near the sampled output range, so sat and unsat both occur."""
+    rng = np.random.default_rng(seed)
+    n_in = int(np.prod(graph.input.shape))
+    center = rng.normal(size=n_in)
+    radius = rng.uniform(0.05, 0.6, size=n_in)
+    from bounds.graph.interpret import run
+    xs = torch.tensor(center + radius * rng.uniform(-1, 1, size=(2000, n_in)), dtype=torch.float32)
+    ys = run(graph, xs.reshape(-1, *graph.input.shape)).reshape(2000, -1).double().numpy()
+    n_out = ys.shape[1]
+    polys = []
+    for p in range(1 + seed % 2):
+        rows = 1 + (seed + p) % 2
+        C = rng.normal(size=(rows, n_out))
+        vals = ys @ C.T
+        # threshold slightly below the sampled minimum of the polytope's max-row: borderline cases
+        d = vals.min(0) + rng.uniform(-0.3, 0.05) * (vals.max(0) - vals.min(0) + 1e-3)
+        polys.append(Polytope(C, d))
+    case = SpecCase(center - radius, center + radius, tuple(polys))
+    return Spec(n_in, n_out, (case,))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_input_split_bab_agrees_with_milp(seed: int) -> None:
+    graph = random_mlp(seed, width=6, depth=2, n_in=3, n_out=3, acts=["Relu", "LeakyRelu"])
+    spec = _random_spec(graph, seed)
+    exact, _, best = verify_milp(graph, spec, time_limit=30)
+    if abs(best) < 1e-4:
+        pytest.skip("borderline: the MILP optimum is within solver tolerance of 0")
+    problem = SpecTensors.from_spec(spec, graph.input.shape)
+    outcome = input_split_bab(graph, problem, _Deadline(30))
+    assert outcome.status in ("sat", "unsat"), outcome
+    assert outcome.status == exact, f"BaB says {outcome.status}, MILP says {exact} (t*={best})"
+    if outcome.status == "sat":
+        from bounds.graph.interpret import run
+        y = run(graph, outcome.witness.unsqueeze(0)).reshape(-1).double().numpy()
+        x = outcome.witness.reshape(-1).double().numpy()
+        assert spec.is_violated_by(x, y)
