@@ -15,7 +15,12 @@ def split_scores(domains: DomainBatch, coeffs: torch.Tensor, rows: torch.Tensor)
     n = coeffs.shape[0]
     A = coeffs[torch.arange(n, device=coeffs.device), rows].reshape(n, -1)
     width = (domains.upper - domains.lower).reshape(n, -1)
-    return A.abs() * width + 1e-9 * width  # the tiny term still prefers wide dims when A == 0
+    sensitivity = A.abs()
+    # The linear bound can ignore a dimension (A_i = 0) whose width still feeds the
+    # relaxation error; keep a share of "width x average sensitivity" so such a dimension is
+    # split eventually instead of bisecting ever-thinner slivers of the others.
+    typical = sensitivity.mean(1, keepdim=True) + 1e-12
+    return sensitivity * width + 0.05 * typical * width
 
 
 def bisect(domains: DomainBatch, dims: torch.Tensor) -> DomainBatch:

@@ -7,6 +7,15 @@ import torch
 
 from specs import Spec
 
+#: a row refutes only with a certified margin above this float32 allowance, relative to the
+#: magnitudes involved: REFUTE_SLACK * (1 + |d| + |lower bound|)
+REFUTE_SLACK = 1e-6
+
+
+def certified_margin(row_lower: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """lower(C·y) - d, reduced by the rounding allowance; > 0 proves the row."""
+    return row_lower - d - REFUTE_SLACK * (1 + d.abs() + row_lower.abs())
+
 
 @dataclass(frozen=True)
 class SpecTensors:
@@ -57,13 +66,13 @@ class SpecTensors:
 
     def refuted(self, case: torch.Tensor, row_lower: torch.Tensor) -> torch.Tensor:
         """(N, P) bool: polytope proven unreachable, from lower bounds of C·y (N, R)."""
-        proven = (row_lower - self.d[case] > 0) & (self.group[case] >= 0)
+        proven = (certified_margin(row_lower, self.d[case]) > 0) & (self.group[case] >= 0)
         hits = torch.einsum("nr,nrp->np", proven.to(self.onehot.dtype), self.onehot[case])
         return (hits > 0) | ~self.real[case]
 
     def margins(self, case: torch.Tensor, row_lower: torch.Tensor) -> torch.Tensor:
         """(N,) the worst polytope's best row margin; > 0 means the domain is verified."""
-        margin = (row_lower - self.d[case]).unsqueeze(-1)
+        margin = certified_margin(row_lower, self.d[case]).unsqueeze(-1)
         member = self.onehot[case] > 0
         best = torch.where(member, margin, torch.full_like(margin, -torch.inf)).amax(1)  # (N, P)
         best = torch.where(self.real[case], best, torch.full_like(best, torch.inf))

@@ -1,0 +1,175 @@
+"""verify() on tiny ONNX models with known answers; every `sat` witness is replayed here too."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bounds.errors import ModelLoadError
+from specs import SpecShapeError, parse_vnnlib, parse_vnnlib_text, parse_witness
+from verifier import AttackOptions, Outcome, Result, VerifyOptions, verify
+from tests.verifier import verifier_fixtures as F
+
+FAST = VerifyOptions(timeout=30, attack=AttackOptions(pgd_rounds=1, pgd_steps=50))
+
+
+@pytest.fixture()
+def net(tmp_path: Path) -> Path:
+    return F.write_tiny_net(tmp_path / "net.onnx")
+
+
+def _spec(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name.lower()}.vnnlib"
+    path.write_text(getattr(F, name))
+    return path
+
+
+def _ort(model: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    return sess.run(None, {inp.name: x.astype(np.float32).reshape(inp.shape)})[0].reshape(-1).astype(np.float64)
+
+
+def _assert_replays(result: Result, model: Path, spec_path: Path) -> None:
+    """The witness as the VNN-COMP checker sees it: parse the file text, rerun onnxruntime."""
+    assert result.outcome is Outcome.SAT
+    x, y = parse_witness(result.to_vnncomp())
+    spec = parse_vnnlib(spec_path)
+    y_ort = _ort(model, x)
+    assert np.allclose(y, y_ort, atol=1e-6)
+    assert spec.is_violated_by(x, y_ort, tol=0.0)
+
+
+def test_unsat_is_proved_by_crown(net, tmp_path):
+    res = verify(net, _spec(tmp_path, "UNSAT"), options=FAST)
+    assert res.outcome is Outcome.UNSAT and res.stage == "crown"
+    assert res.best_bound == pytest.approx(0.5, abs=1e-4)
+    assert res.witness_x is None and res.to_vnncomp() == "unsat\n"
+    assert res.summary().startswith("unsat") and "CROWN" in res.summary()
+
+
+def test_unsat_with_ibp(net):
+    # y1 <= 1.5 on [0.5, 1]^2, which interval arithmetic sees too
+    spec = parse_vnnlib_text(F.declarations(2, 2) + F.box([0.5, 0.5], [1.0, 1.0]) + "(assert (>= Y_1 1.6))\n")
+    res = verify(net, spec, options=FAST.with_(bound_method="ibp"))
+    assert res.outcome is Outcome.UNSAT and res.stage == "ibp"
+    assert res.best_bound == pytest.approx(0.1, abs=1e-4)
+    # y0 - y1 = 0.5 there, but IBP loses the correlation: unknown, not a wrong answer
+    res = verify(net, parse_vnnlib_text(F.UNSAT), options=FAST.with_(bound_method="ibp"))
+    assert res.outcome is Outcome.UNKNOWN and "IBP" in res.message
+
+
+def test_sat_writes_a_witness_that_replays(net, tmp_path):
+    spec = _spec(tmp_path, "SAT")
+    res = verify(net, spec, options=FAST)
+    _assert_replays(res, net, spec)
+    assert res.stage in ("sampling", "pgd") and res.best_bound <= 0
+    lines = res.to_vnncomp().splitlines()
+    assert lines[0] == "sat" and lines[1].startswith("((X_0 ") and lines[2].startswith(" (X_1 ")
+    assert lines[3].startswith(" (Y_0 ") and lines[4].startswith(" (Y_1 ") and lines[4].endswith("))")
+
+
+def test_unknown_names_the_open_polytope(net, tmp_path):
+    res = verify(net, _spec(tmp_path, "HARD"), options=FAST)
+    assert res.outcome is Outcome.UNKNOWN
+    assert "case 0 polytope 0" in res.message and "-1.5" in res.message
+    assert res.best_bound is not None and res.best_bound < 0
+    assert res.details["attack_best_loss"] >= 0.5 - 1e-4  # y0 - y1 >= 0.5: nothing to find
+
+
+def test_disjunctive_boxes(net, tmp_path):
+    res = verify(net, _spec(tmp_path, "DISJUNCTIVE_UNSAT"), options=FAST)
+    assert res.outcome is Outcome.UNSAT
+    spec = _spec(tmp_path, "DISJUNCTIVE_SAT")
+    res = verify(net, spec, options=FAST)
+    _assert_replays(res, net, spec)
+    assert res.details["violated"]["case"] == 1 and np.all(res.witness_x >= 0.9)
+
+
+def test_padded_rows_never_refute(net, tmp_path):
+    res = verify(net, _spec(tmp_path, "PADDED"), options=FAST)
+    assert res.outcome is Outcome.UNKNOWN, res.message
+    assert res.details["open_polytopes"] == [[0, 0]]
+
+
+def test_spec_object_and_graph_inputs(net):
+    from bounds.graph.onnx_import import load_onnx
+
+    spec = parse_vnnlib_text(F.UNSAT, "inline")
+    assert verify(str(net), spec, options=FAST).outcome is Outcome.UNSAT
+    graph = load_onnx(net)
+    res = verify(graph, parse_vnnlib_text(F.SAT, "inline"), options=FAST)
+    assert res.outcome is Outcome.SAT and "our graph" in res.message
+
+
+def test_replay_disagreement_is_not_reported_as_sat(net, tmp_path, monkeypatch):
+    import verifier.api as api
+    from verifier.replay import OnnxReference
+
+    class Lying(OnnxReference):
+        def outputs(self, x):  # the truth, except where the counterexamples are
+            y = super().outputs(x)
+            y[x.sum(axis=1) > 1.0, 1] = -10.0
+            return y
+
+    real = api.load_model
+
+    def fake(model, spec, input_shape):
+        graph, _, name = real(model, spec, input_shape)
+        return graph, Lying(model), name
+
+    monkeypatch.setattr(api, "load_model", fake)
+    res = verify(net, _spec(tmp_path, "SAT"), options=FAST)
+    assert res.outcome is Outcome.UNKNOWN
+    assert res.details["rejected_candidates"] >= 1 and "did not replay" in res.message
+
+
+def test_timeout(net, tmp_path):
+    res = verify(net, _spec(tmp_path, "HARD"), options=VerifyOptions(timeout=0))
+    assert res.outcome is Outcome.TIMEOUT and res.to_vnncomp() == "timeout\n"
+
+
+def test_bad_inputs_raise(net, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a model")
+    with pytest.raises(ModelLoadError):
+        verify(bad, _spec(tmp_path, "UNSAT"), options=FAST)
+    with pytest.raises(ModelLoadError):
+        verify(tmp_path / "missing.onnx", _spec(tmp_path, "UNSAT"), options=FAST)
+    three = tmp_path / "three.vnnlib"
+    three.write_text(F.declarations(3, 2) + F.box([0, 0, 0], [1, 1, 1]) + "(assert (<= Y_0 Y_1))\n")
+    with pytest.raises(SpecShapeError, match="3 inputs"):
+        verify(net, three, options=FAST)
+
+
+class _TinyTorch(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(2, 3)
+        self.fc2 = torch.nn.Linear(3, 2)
+        with torch.no_grad():
+            self.fc1.weight.copy_(torch.from_numpy(F.W1))
+            self.fc1.bias.copy_(torch.from_numpy(F.B1))
+            self.fc2.weight.copy_(torch.from_numpy(F.W2))
+            self.fc2.bias.copy_(torch.from_numpy(F.B2))
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def test_torch_module():
+    pytest.importorskip("bounds.graph.torch_import", reason="the torch.nn.Module frontend is not there yet")
+    module = _TinyTorch().eval()
+    res = verify(module, parse_vnnlib_text(F.UNSAT, "unsat"), options=FAST)
+    assert res.outcome is Outcome.UNSAT
+    res = verify(module, parse_vnnlib_text(F.SAT, "sat"), options=FAST)
+    assert res.outcome is Outcome.SAT and "torch module" in res.message
+    with torch.no_grad():
+        y = module(torch.tensor(res.witness_x, dtype=torch.float32).reshape(1, 2)).double().numpy().reshape(-1)
+    assert np.allclose(y, res.witness_y) and y[1] >= 1.2
+    assert math.isfinite(res.time_s)

@@ -1,0 +1,467 @@
+"""`verify(model, spec)`: the whole pipeline, ordered so that easy instances are easy.
+
+  1. cheap random sampling in every input box (milliseconds)
+  2. bounds (CROWN or IBP) on all boxes at once: `unsat` when every polytope is refuted
+  3. PGD on the polytopes the bounds left open, with what is left of the time budget
+  4. otherwise `unknown`, saying which polytope came closest to a proof and to a violation
+
+A counterexample is reported only after it replays outside our graph code (onnxruntime or
+the torch module). Bad models and specs raise (VerifierError / SpecError); running out of
+time gives a `timeout` Result.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from bounds.crown import spec_lower_bounds
+from bounds.errors import ModelLoadError
+from bounds.graph.ir import Graph, graph_to
+from bounds.ibp import UnsupportedBoundError
+from bounds.types import Interval
+from specs import Spec, SpecError, parse_vnnlib
+from verifier import attack as atk
+from verifier.deadline import Deadline
+from verifier.options import VerifyOptions
+from verifier.replay import GraphReference, OnnxReference, Reference, TorchReference, crosscheck, replay
+from verifier.result import Outcome, Result
+
+log = logging.getLogger(__name__)
+
+ModelLike = Union[str, Path, torch.nn.Module, Graph]
+SpecLike = Union[str, Path, Spec]
+
+#: most input boxes bounded in one batch (halved on out-of-memory)
+MAX_CASES_PER_BATCH = 64
+#: a row refutes a polytope only when its certified margin exceeds this float32 allowance,
+#: relative to the magnitudes involved: 1e-6 * (1 + |d_i| + |lower bound_i|)
+BOUND_SLACK = 1e-6
+#: box centres compared between our graph and the reference before anything else
+CROSSCHECK_POINTS = 4
+
+
+class _Timeout(Exception):
+    def __init__(self, during: str) -> None:
+        super().__init__(during)
+        self.during = during
+
+
+# ----------------------------------------------------------------------------------------
+# loading
+
+def _stem(path: str | Path) -> str:
+    name = Path(path).name
+    for suffix in (".gz", ".onnx", ".vnnlib"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def load_spec(spec: SpecLike) -> Spec:
+    if isinstance(spec, Spec):
+        return spec
+    if isinstance(spec, (str, Path)):
+        return parse_vnnlib(spec)
+    raise TypeError(f"spec must be a VNN-LIB path or a specs.Spec, not {type(spec).__name__}")
+
+
+def load_model(model: ModelLike, spec: Spec, input_shape: tuple[int, ...] | None) -> tuple[Graph, Reference, str]:
+    """(graph, independent reference for replays, short name)."""
+    if isinstance(model, Graph):
+        return model, GraphReference(model), model.name
+    if isinstance(model, torch.nn.Module):
+        from bounds.graph.torch_import import from_torch
+
+        shape = tuple(input_shape) if input_shape is not None else (1, spec.n_inputs)
+        graph = from_torch(model, shape)
+        return graph, TorchReference(model, shape), type(model).__name__
+    if isinstance(model, (str, Path)):
+        from bounds.graph.onnx_import import load_onnx
+
+        path = Path(model)
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: no such model file")
+        graph = load_onnx(path)
+        return graph, OnnxReference(path, tuple(graph.input.shape)), _stem(path)
+    raise TypeError(f"model must be an ONNX path, a torch.nn.Module or a Graph, not {type(model).__name__}")
+
+
+# ----------------------------------------------------------------------------------------
+# the pipeline
+
+@dataclass
+class _Run:
+    """Per-call state of one verification run (never shared between calls)."""
+
+    graph: Graph                 # float32 on the chosen device
+    cpu_graph: Graph             # float32 on the CPU, for cross-checks
+    spec: Spec
+    reference: Reference
+    options: VerifyOptions
+    deadline: Deadline
+    instance: str
+    gen: torch.Generator
+    device: torch.device
+    timings: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    rejected: int = 0
+    # margins[k][p]: certified margin of polytope p of case k (None: no bound computed)
+    margins: list[list[float]] | None = None
+    bound_error: str = ""
+    attack_loss: dict[tuple[int, int], float] = field(default_factory=dict)
+
+    # ---- helpers -----------------------------------------------------------------------
+    def result(self, outcome: Outcome, stage: str, message: str, **kw: Any) -> Result:
+        details = dict(self.details)
+        details["timings"] = {k: round(v, 6) for k, v in self.timings.items()}
+        if self.rejected:
+            details["rejected_candidates"] = self.rejected
+        details.update(kw.pop("details", {}))
+        return Result(outcome, time_s=self.deadline.elapsed(), message=message, stage=stage,
+                      instance=self.instance, details=details, **kw)
+
+    def retime(self, res: Result) -> Result:
+        """`res` with the timings recorded since it was made."""
+        details = dict(res.details)
+        details["timings"] = {k: round(v, 6) for k, v in self.timings.items()}
+        return dataclasses.replace(res, details=details, time_s=self.deadline.elapsed())
+
+    def timed(self, name: str, start: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - start
+
+    def check(self, during: str) -> None:
+        if self.deadline.expired():
+            raise _Timeout(during)
+
+    def live_cases(self) -> list[int]:
+        """Cases whose box is not empty."""
+        return [k for k, c in enumerate(self.spec.cases) if np.all(c.lower <= c.upper)]
+
+    # ---- stages ------------------------------------------------------------------------
+    def try_candidates(self, cands: list[atk.Candidate]) -> Result | None:
+        for cand in cands:
+            rep = replay(self.reference, self.spec, cand.x, cand.case)
+            if rep.ok:
+                poly = self.spec.cases[rep.case].polytopes[rep.polytope]
+                violation = float(np.max(poly.C @ rep.y - poly.d)) if poly.n_rows else -math.inf
+                msg = (f"counterexample found by {cand.stage} in case {rep.case} (polytope {rep.polytope}); "
+                       f"{rep.message}")
+                return self.result(Outcome.SAT, cand.stage, msg, witness_x=rep.x, witness_y=rep.y,
+                                   best_bound=violation if math.isfinite(violation) else None,
+                                   details={"violated": {"case": rep.case, "polytope": rep.polytope}})
+            self.rejected += 1
+        return None
+
+    def trivial(self) -> Result | None:
+        """Specs decided without looking at the network."""
+        live = self.live_cases()
+        if not live:
+            why = "the spec has no case" if not self.spec.cases else "every input box of the spec is empty"
+            return self.result(Outcome.UNSAT, "spec", f"{why}, so no input can violate it", best_bound=math.inf)
+        for k in live:
+            case = self.spec.cases[k]
+            if any(p.n_rows == 0 for p in case.polytopes):
+                # no output condition: every point of the box is a counterexample
+                cand = atk.Candidate(x=(case.lower + case.upper) / 2, y=np.zeros(self.spec.n_outputs),
+                                     case=k, polytope=0, loss=-math.inf, stage="sampling")
+                found = self.try_candidates([cand])
+                if found is not None:
+                    return found
+        return None
+
+    def targets(self, keep: set[tuple[int, int]] | None = None) -> atk.Targets | None:
+        rows = []
+        for k in self.live_cases():
+            case = self.spec.cases[k]
+            polys = [(p, poly.C, poly.d) for p, poly in enumerate(case.polytopes)
+                     if poly.n_rows and (keep is None or (k, p) in keep)]
+            if polys:
+                rows.append((k, case.lower, case.upper, polys))
+        return atk.build_targets(rows, self.device) if rows else None
+
+    def record_attack(self, targets: atk.Targets, res: atk.AttackResult) -> None:
+        for i, loss in enumerate(res.best_loss.tolist()):
+            key = (targets.case[i], targets.polytope[i])
+            if loss < self.attack_loss.get(key, math.inf):
+                self.attack_loss[key] = loss
+
+    def crosscheck(self) -> None:
+        live = self.live_cases()[:CROSSCHECK_POINTS]
+        xs = np.stack([(self.spec.cases[k].lower + self.spec.cases[k].upper) / 2 for k in live])
+        diff = crosscheck(self.reference, self.cpu_graph, xs)
+        self.details["crosscheck_max_diff"] = diff
+
+    def sampling(self, targets: atk.Targets) -> tuple[Result | None, atk.AttackResult]:
+        res = atk.random_search(self.graph, targets, self.options.attack.random_samples, self.gen,
+                                self.deadline, self.options.attack.batch_size)
+        self.record_attack(targets, res)
+        return self.try_candidates(res.candidates), res
+
+    def bounds(self) -> None:
+        """Certified margins of every polytope of every live case (self.margins)."""
+        method = self.options.bound_method
+        live = self.live_cases()
+        margins = [[-math.inf] * len(c.polytopes) for c in self.spec.cases]
+        for k, c in enumerate(self.spec.cases):
+            if k not in live:
+                margins[k] = [math.inf] * len(c.polytopes)
+        chunk = MAX_CASES_PER_BATCH
+        pos = 0
+        while pos < len(live):
+            self.check(method)
+            batch = live[pos:pos + chunk]
+            try:
+                self._bound_batch(batch, margins, method)
+            except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+                if chunk == 1:
+                    raise
+                chunk = max(1, chunk // 2)
+                log.info("out of memory bounding %d boxes (%s); retrying with %d", len(batch), exc, chunk)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            pos += len(batch)
+        self.margins = margins
+
+    def _bound_batch(self, batch: list[int], margins: list[list[float]], method: str) -> None:
+        cases = [self.spec.cases[k] for k in batch]
+        stacks = [c.stacked() for c in cases]
+        S = max(1, max(st[0].shape[0] for st in stacks))
+        n_out = self.spec.n_outputs
+        B = len(batch)
+        C = np.zeros((B, S, n_out))
+        d = np.full((B, S), math.inf)          # padded rows: margin -inf, they never refute
+        for b, (Cb, db, _) in enumerate(stacks):
+            C[b, : Cb.shape[0]] = Cb
+            d[b, : db.shape[0]] = db
+        shape = self.graph.input.shape
+        lower = np.stack([c.lower for c in cases])
+        upper = np.stack([c.upper for c in cases])
+        box = Interval(_outward(lower, -1).reshape(B, *shape).to(self.device),
+                       _outward(upper, +1).reshape(B, *shape).to(self.device))
+        Ct = torch.as_tensor(C, dtype=torch.float32, device=self.device)
+        known: dict[str, Interval] = {}
+        lb = spec_lower_bounds(self.graph, box, Ct, method=method, bounds=known).double().cpu().numpy()  # (B, S)
+        # the bound is of C32·y; C·y differs by at most |C - C32|·max|y|
+        rounding = np.abs(C - Ct.double().cpu().numpy())
+        if rounding.any():
+            out = known.get(self.graph.outputs[0])
+            if out is None:
+                lb = np.full_like(lb, -math.inf)
+            else:
+                y_abs = torch.maximum(out.lower.abs(), out.upper.abs()).double().cpu().numpy().reshape(-1, n_out)
+                y_abs = np.broadcast_to(y_abs, (B, n_out))
+                lb = lb - np.einsum("bso,bo->bs", rounding, y_abs)
+        with np.errstate(invalid="ignore"):
+            row_margin = lb - d
+            slack = BOUND_SLACK * (1 + np.abs(np.where(np.isfinite(d), d, 0)) + np.abs(np.nan_to_num(lb)))
+            refutes = row_margin > slack                     # NaN compares False: never refutes
+        for b, k in enumerate(batch):
+            _, _, group = stacks[b]
+            for p in range(len(self.spec.cases[k].polytopes)):
+                rows = np.nonzero(group == p)[0]
+                if rows.size == 0:
+                    margins[k][p] = -math.inf
+                    continue
+                m = row_margin[b, rows]
+                m = np.where(np.isnan(m), -math.inf, m)
+                best = int(np.argmax(m))
+                # a polytope counts as refuted only through a row that clears the slack
+                margins[k][p] = float(m[best]) if refutes[b, rows].any() else min(float(m[best]), 0.0)
+
+    def pgd(self, open_targets: atk.Targets, starts: torch.Tensor, start_loss: torch.Tensor) -> Result | None:
+        """PGD rounds until a replayed counterexample, pgd_rounds, max_seconds or the deadline.
+        Every round starts one restart per target at the best point so far."""
+        opts = self.options.attack
+        budget = self.deadline.within(opts.max_seconds)
+        best_x, best_loss = starts.clone(), start_loss.clone()
+        for r in range(opts.pgd_rounds):
+            if budget.expired():
+                break
+            res = atk.pgd(self.graph, open_targets, opts, self.gen, budget, starts=best_x,
+                          scale=atk.ROUND_SCALES[r % len(atk.ROUND_SCALES)])
+            self.record_attack(open_targets, res)
+            better = res.best_loss < best_loss
+            best_x[better], best_loss[better] = res.best_x[better], res.best_loss[better]
+            found = self.try_candidates(res.candidates)
+            if found is not None:
+                return found
+            if res.timed_out:
+                break
+        return None
+
+    # ---- driver ------------------------------------------------------------------------
+    def run(self) -> Result:
+        t = time.monotonic()
+        res = self.trivial()
+        self.timed("trivial", t)
+        if res is not None:
+            return res
+        self.check("the model check")
+        t = time.monotonic()
+        self.crosscheck()
+        self.timed("crosscheck", t)
+
+        targets = self.targets()
+        if targets is None:  # only row-less polytopes, whose box centre did not replay
+            return self.result(Outcome.UNKNOWN, "", "every polytope of the spec is unconditional, but the box "
+                               f"centre did not replay with {self.reference.description}")
+        self.details["cases"] = len(self.spec.cases)
+        self.details["polytopes"] = targets.count
+
+        self.check("sampling")
+        t = time.monotonic()
+        found, sampled = self.sampling(targets)
+        self.timed("sampling", t)
+        if found is not None:
+            return self.retime(found)
+
+        method = self.options.bound_method
+        self.check(method)
+        t = time.monotonic()
+        try:
+            self.bounds()
+        except UnsupportedBoundError as exc:
+            self.bound_error = str(exc)
+            log.info("no bounds: %s", exc)
+        self.timed(method, t)
+        if self.margins is not None:
+            open_keys = {(k, p) for k, ms in enumerate(self.margins) for p, m in enumerate(ms) if not m > 0}
+            self.details["refuted_polytopes"] = sum(m > 0 for ms in self.margins for m in ms)
+            if not open_keys:
+                best = min(min(ms) for ms in self.margins if ms)
+                return self.result(Outcome.UNSAT, method,
+                                   f"{method.upper()} bounds refute every output polytope of all "
+                                   f"{len(self.spec.cases)} input box(es); smallest margin {best:.4g}",
+                                   best_bound=best)
+        else:
+            open_keys = {(targets.case[i], targets.polytope[i]) for i in range(targets.count)}
+
+        self.check("pgd")
+        t = time.monotonic()
+        keep = [i for i in range(targets.count) if (targets.case[i], targets.polytope[i]) in open_keys]
+        open_targets = targets.subset(keep)
+        found = self.pgd(open_targets, sampled.best_x[keep], sampled.best_loss[keep])
+        self.timed("pgd", t)
+        if found is not None:
+            return self.retime(found)
+        self.check("pgd")
+        return self.unknown(open_keys)
+
+    def unknown(self, open_keys: set[tuple[int, int]]) -> Result:
+        method = self.options.bound_method.upper()
+        parts = []
+        best_bound = None
+        if self.margins is not None:
+            total = sum(len(ms) for ms in self.margins)
+            opened = sorted(open_keys, key=lambda kp: self.margins[kp[0]][kp[1]])
+            worst, closest = opened[0], opened[-1]
+            wm, cm = self.margins[worst[0]][worst[1]], self.margins[closest[0]][closest[1]]
+            parts.append(f"{method} refuted {total - len(open_keys)} of {total} output polytopes")
+            if worst == closest:
+                parts.append(f"the open one is case {worst[0]} polytope {worst[1]} (bound margin {wm:.4g}, "
+                             "needs > 0)")
+            else:
+                parts.append(f"{len(open_keys)} stay open, from case {worst[0]} polytope {worst[1]} "
+                             f"(bound margin {wm:.4g}, the weakest) to case {closest[0]} polytope {closest[1]} "
+                             f"({cm:.4g}, the closest to a proof)")
+            best_bound = min(min(ms) for ms in self.margins if ms)
+        else:
+            parts.append(f"no bounds could be computed ({self.bound_error}); only the attack ran")
+        if self.attack_loss:
+            key = min((k for k in self.attack_loss if k in open_keys), key=lambda k: self.attack_loss[k],
+                      default=min(self.attack_loss, key=lambda k: self.attack_loss[k]))
+            parts.append(f"the attack came within {self.attack_loss[key]:.4g} of a violation "
+                         f"(case {key[0]} polytope {key[1]}) without reaching it")
+        if self.rejected:
+            parts.append(f"{self.rejected} candidate counterexample(s) did not replay with "
+                         f"{self.reference.description}")
+        parts.append("deciding it needs a complete search (branch and bound)")
+        msg = "; ".join(parts) + "."
+        details = {"open_polytopes": [list(k) for k in sorted(open_keys)]}
+        if self.attack_loss:
+            details["attack_best_loss"] = min(self.attack_loss.values())
+        stage = self.options.bound_method if self.margins is not None else ""
+        return self.result(Outcome.UNKNOWN, stage, msg[0].upper() + msg[1:], best_bound=best_bound, details=details)
+
+
+def _outward(values: np.ndarray, direction: int) -> torch.Tensor:
+    """float64 bounds -> float32 rounded outward (down for lower, up for upper)."""
+    v32 = values.astype(np.float32)
+    if direction < 0:
+        bad = v32.astype(np.float64) > values
+        v32[bad] = np.nextafter(v32[bad], np.float32(-np.inf))
+    else:
+        bad = v32.astype(np.float64) < values
+        v32[bad] = np.nextafter(v32[bad], np.float32(np.inf))
+    return torch.from_numpy(v32)
+
+
+def _check_boxes(spec: Spec) -> None:
+    for k, case in enumerate(spec.cases):
+        bad = ~(np.isfinite(case.lower) & np.isfinite(case.upper))
+        if bad.any():
+            i = int(np.nonzero(bad)[0][0])
+            side = "lower" if not np.isfinite(case.lower[i]) else "upper"
+            where = f"{spec.source}: " if spec.source else ""
+            raise SpecError(f"{where}input X_{i} has no finite {side} bound in input box {k}; "
+                            "every input needs a finite range")
+
+
+def check_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"unknown device '{name}': {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' was asked for but CUDA is not available here; use --device cpu")
+    return device
+
+
+def verify(model: ModelLike, spec: SpecLike, *, options: VerifyOptions | None = None,
+           input_shape: tuple[int, ...] | None = None) -> Result:
+    """Decide whether `model` violates `spec`.
+
+    model        an ONNX file (str/Path, .onnx or .onnx.gz), a torch.nn.Module (in eval mode;
+                 `input_shape` defaults to (1, spec.n_inputs)) or a bounds Graph
+    spec         a VNN-LIB file (str/Path, optionally gzipped) or a specs.Spec
+    options      VerifyOptions (defaults: 300 s, cpu, CROWN)
+    input_shape  the module's input shape, batch dimension included (torch modules only)
+
+    Returns a Result (sat / unsat / unknown / timeout). Raises SpecError for a bad or
+    mismatched spec, ModelLoadError / UnsupportedOpError for a bad model, ValueError for bad
+    options.
+    """
+    options = options or VerifyOptions()
+    deadline = Deadline(options.timeout)
+    device = check_device(options.device)
+    t = time.monotonic()
+    spec_obj = load_spec(spec)
+    graph, reference, model_name = load_model(model, spec_obj, input_shape)
+    n_in = math.prod(graph.input.shape)
+    n_out = math.prod(graph.output.shape)
+    spec_obj.check_shapes(n_in, n_out)
+    _check_boxes(spec_obj)
+    spec_name = _stem(spec_obj.source) if spec_obj.source else "spec"
+    instance = f"{model_name} {spec_name}"
+    cpu_graph = graph_to(graph, "cpu", torch.float32)
+    run = _Run(graph=cpu_graph if device.type == "cpu" else graph_to(graph, device, torch.float32),
+               cpu_graph=cpu_graph, spec=spec_obj, reference=reference, options=options,
+               deadline=deadline, instance=instance,
+               gen=torch.Generator().manual_seed(options.seed), device=device)
+    run.timed("load", t)
+    try:
+        run.check("loading")
+        return run.run()
+    except _Timeout as exc:
+        details = {"during": exc.during, "timings": run.timings}
+        return Result(Outcome.TIMEOUT, time_s=deadline.elapsed(), instance=instance, details=details,
+                      message=f"the time limit of {options.timeout:g} s ran out during {exc.during}")

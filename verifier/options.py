@@ -1,0 +1,87 @@
+"""Every knob of a verification run, as frozen dataclasses with defaults that work.
+
+No option can trade soundness away: they only decide how much effort goes where.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+BoundMethod = Literal["crown", "ibp"]
+BOUND_METHODS: tuple[str, ...] = ("crown", "ibp")
+
+
+@dataclass(frozen=True)
+class AttackOptions:
+    """How hard to look for a counterexample.
+
+    random_samples   points tried per input box in the cheap first stage (the box centre and
+                     random vertices are always among them)
+    pgd_steps        signed-gradient steps per PGD round
+    pgd_restarts     starting points per output polytope per round (all run as one batch)
+    pgd_rounds       most PGD rounds; each starts one restart per polytope at the best point so
+                     far and the others at random, and the rounds cycle through coarse, finer
+                     and finest first steps (the finer ones also search around the best point)
+    step_size        first PGD step of a coarse round, as a fraction of each input's range
+    final_step_size  last PGD step, same unit; steps decay geometrically in between
+    max_seconds      wall-clock cap of the whole PGD stage (None: only the run's deadline)
+    batch_size       most points evaluated in one forward pass
+    """
+
+    random_samples: int = 512
+    pgd_steps: int = 100
+    pgd_restarts: int = 16
+    pgd_rounds: int = 20
+    step_size: float = 0.1
+    final_step_size: float = 1e-4
+    max_seconds: float | None = 30.0
+    batch_size: int = 2048
+
+    def __post_init__(self) -> None:
+        for name in ("random_samples", "pgd_steps", "pgd_restarts", "pgd_rounds"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"AttackOptions.{name} must be a non-negative integer, got {value!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"AttackOptions.batch_size must be a positive integer, got {self.batch_size!r}")
+        if not (0 < self.final_step_size <= self.step_size <= 1):
+            raise ValueError("AttackOptions needs 0 < final_step_size <= step_size <= 1, "
+                             f"got {self.final_step_size!r} and {self.step_size!r}")
+        if self.max_seconds is not None and not self.max_seconds >= 0:
+            raise ValueError(f"AttackOptions.max_seconds must be >= 0 or None, got {self.max_seconds!r}")
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """One verification run.
+
+    timeout       wall-clock seconds for the whole run (loading included)
+    device        torch device for bounds and attacks ("cpu", "cuda", "cuda:1", ...)
+    bound_method  "crown" (tighter) or "ibp" (interval arithmetic, cheaper)
+    seed          seed of every random choice, so runs are reproducible
+    attack        falsification effort, see AttackOptions
+    """
+
+    timeout: float = 300.0
+    device: str = "cpu"
+    bound_method: BoundMethod = "crown"
+    seed: int = 0
+    attack: AttackOptions = field(default_factory=AttackOptions)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.timeout, (int, float)) or math.isnan(self.timeout) or self.timeout < 0:
+            raise ValueError(f"VerifyOptions.timeout must be a number of seconds >= 0, got {self.timeout!r}")
+        if self.bound_method not in BOUND_METHODS:
+            raise ValueError(f"VerifyOptions.bound_method must be one of {', '.join(BOUND_METHODS)}, "
+                             f"got {self.bound_method!r}")
+        if not isinstance(self.device, str) or not self.device:
+            raise ValueError(f"VerifyOptions.device must be a device name such as 'cpu' or 'cuda', got {self.device!r}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"VerifyOptions.seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.attack, AttackOptions):
+            raise ValueError("VerifyOptions.attack must be an AttackOptions")
+
+    def with_(self, **changes) -> "VerifyOptions":
+        """A copy with some fields changed (dataclasses.replace, validated again)."""
+        return replace(self, **changes)
