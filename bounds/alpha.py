@@ -37,15 +37,56 @@ def init_alphas(graph: Graph, bounds: dict[str, Interval], rows: int) -> dict[st
     return alphas
 
 
+def _beta_terms(betas: dict[str, torch.Tensor], splits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Lagrangian coefficients -beta * sign on split pre-activations.
+
+    On a sub-problem where sign_j * x_j >= 0 holds, C·y >= C·y - beta_j * sign_j * x_j for any
+    beta_j >= 0, so lower-bounding the right-hand side is sound and beta can be optimised.
+    """
+    out = {}
+    for name, beta in betas.items():
+        s = splits[name].to(beta.dtype).unsqueeze(1)          # (B, 1, numel)
+        out[name] = (-beta * s).reshape(beta.shape[0], beta.shape[1], *beta.shape[2:])
+    return out
+
+
+def bound_with(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str, Interval],
+               params: dict[str, torch.Tensor], splits: dict[str, torch.Tensor] | None = None,
+               record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The CROWN lower bound for given alphas and betas (as returned by optimise_lower)."""
+    acts = {k: v for k, v in params.items() if not k.startswith("beta:")}
+    betas = {k[5:]: v for k, v in params.items() if k.startswith("beta:")}
+    extra = None
+    if betas:
+        extra = {k: t.reshape(t.shape[0], t.shape[1], *graph[k].shape)
+                 for k, t in _beta_terms(betas, splits or {}).items()}
+    return backward_lower(graph, target, C, bounds, acts, record=record, extra=extra)
+
+
 def optimise_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str, Interval],
                    options: AlphaOptions = AlphaOptions(), alphas: dict[str, torch.Tensor] | None = None,
-                   deadline=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Best lower bound of C·value(target) over the iterations, and the best parameters."""
+                   deadline=None, splits: dict[str, torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Best lower bound of C·value(target) over the iterations, and the best parameters.
+
+    With `splits` (pre-activation -> (B, numel) signs), a multiplier beta >= 0 per split
+    neuron and row is optimised too (beta-CROWN): it makes the bound respect the splits.
+    Parameters come back keyed by node name, betas under "beta:" + name.
+    """
     if alphas is None:
         alphas = init_alphas(graph, bounds, C.shape[1])
+    alphas = dict(alphas)
+    for name, s in (splits or {}).items():
+        if bool((s != 0).any()) and f"beta:{name}" not in alphas:
+            B = max(s.shape[0], C.shape[0])
+            alphas[f"beta:{name}"] = torch.zeros(B, C.shape[1], s.shape[1], dtype=C.dtype, device=C.device)
     if not alphas:
         with torch.no_grad():
             return backward_lower(graph, target, C, bounds), alphas
+
+    def evaluate(ps: dict[str, torch.Tensor]) -> torch.Tensor:
+        return bound_with(graph, target, C, bounds, ps, splits)
+
     params = {k: v.detach().clone().requires_grad_(True) for k, v in alphas.items()}
     opt = torch.optim.Adam(params.values(), lr=options.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, options.lr_decay)
@@ -53,7 +94,7 @@ def optimise_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
     best_params = {k: v.detach().clone() for k, v in params.items()}
     for _ in range(max(1, options.iterations)):
         with torch.enable_grad():
-            lb = backward_lower(graph, target, C, bounds, params)
+            lb = evaluate(params)
         current = lb.detach()
         if best is None:
             best = current.clone()
@@ -72,7 +113,10 @@ def optimise_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
         sched.step()
         with torch.no_grad():
             for name, v in params.items():
-                v.copy_(RULES[graph[name].op].project_alpha(graph[name], v))
+                if name.startswith("beta:"):
+                    v.clamp_(min=0)
+                else:
+                    v.copy_(RULES[graph[name].op].project_alpha(graph[name], v))
     return best, best_params
 
 

@@ -32,12 +32,16 @@ def _interval_of(graph: Graph, name: str, bounds: dict[str, Interval]) -> Interv
 
 def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str, Interval],
                    alphas: dict[str, torch.Tensor] | None = None,
-                   input_coeffs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                   record: dict[str, torch.Tensor] | None = None,
+                   extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Lower bound of C·value(target), C (B, S, *target_shape), over the input box.
 
     `alphas` maps activation nodes to optimisable relaxation parameters (B, S, *shape).
-    When `input_coeffs` is given, the linear coefficients reaching each input are stored in it
-    (they say which input dimensions the bound is most sensitive to).
+    `extra` adds coefficients (B, S, *shape) to named nodes as the pass reaches them: the
+    Lagrangian terms of split constraints (beta-CROWN) enter this way.
+    When `record` is given, the coefficients reaching every node are stored in it by name
+    (at an input they say which dimensions the bound is most sensitive to; at an
+    activation's output, which neurons' relaxations cost the most).
 
     Nodes whose rule has no linear relaxation are cut: the coefficients reaching them are
     concretised with their interval, which is sound whatever lies behind them.
@@ -46,12 +50,14 @@ def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
     bias = C.new_zeros(C.shape[:2])
     for node in reversed(graph.nodes):
         A = pending.pop(node.name, None)
+        if extra is not None and node.name in extra:
+            A = extra[node.name] if A is None else A + extra[node.name]
         if A is None:
             continue
+        if record is not None:
+            record[node.name] = A
         if node.op == INPUT:
             bias = bias + concretize_lower(A, bounds[node.name])
-            if input_coeffs is not None:
-                input_coeffs[node.name] = A
             continue
         xs = [_interval_of(graph, n, bounds) for n in node.inputs]
         is_const = [graph[n].is_constant for n in node.inputs]
@@ -117,13 +123,27 @@ def pre_activation_nodes(graph: Graph) -> set[str]:
             for n in node.inputs if not graph[n].is_constant}
 
 
+def apply_splits(interval: Interval, split: torch.Tensor) -> Interval:
+    """Clamp pre-activation intervals to the side each split decision (+1 / -1 / 0) fixes."""
+    s = split.reshape(split.shape[0], *interval.lower.shape[1:])
+    lower = torch.where(s > 0, interval.lower.clamp(min=0), interval.lower)
+    upper = torch.where(s < 0, interval.upper.clamp(max=0), interval.upper)
+    return Interval(lower, upper)
+
+
 def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
                         bounds: dict[str, Interval] | None = None,
-                        prior: dict[str, Interval] | None = None) -> dict[str, Interval]:
+                        prior: dict[str, Interval] | None = None,
+                        splits: dict[str, torch.Tensor] | None = None,
+                        frozen: set[str] | None = None) -> dict[str, Interval]:
     """Intervals for every value; inputs of nonlinear ops tightened by CROWN when asked.
 
     `prior` holds intervals known to be valid already (e.g. a parent sub-problem's, whose
     box contains this one): they are intersected in before deciding what to refine.
+    `splits` maps pre-activation nodes to per-neuron sign decisions (B, numel) in {-1, 0, 1}
+    (ReLU branch-and-bound): the sub-problem is the part of the box where those hold, so the
+    intervals are clamped accordingly. Nodes in `frozen` keep their prior without CROWN (the
+    caller knows nothing upstream of them changed).
     """
     users = graph.consumers()
     relaxed = pre_activation_nodes(graph)
@@ -131,7 +151,9 @@ def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
     def refine(node: Node, interval: Interval, known: dict[str, Interval]) -> Interval:
         if prior is not None and node.name in prior:
             interval = interval.intersect(prior[node.name])
-        if method != "crown" or node.name not in relaxed:
+        if splits is not None and node.name in splits:
+            interval = apply_splits(interval, splits[node.name])
+        if method != "crown" or node.name not in relaxed or (frozen is not None and node.name in frozen):
             return interval
         mask = _refine_mask(interval, users[node.name])
         if not bool(mask.any()):
@@ -147,8 +169,10 @@ def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
 
 def spec_lower_bounds(graph: Graph, box: Interval, C: torch.Tensor, method: str = "crown",
                       bounds: dict[str, Interval] | None = None,
-                      input_coeffs: dict[str, torch.Tensor] | None = None,
-                      prior: dict[str, Interval] | None = None) -> torch.Tensor:
+                      record: dict[str, torch.Tensor] | None = None,
+                      prior: dict[str, Interval] | None = None,
+                      splits: dict[str, torch.Tensor] | None = None,
+                      frozen: set[str] | None = None) -> torch.Tensor:
     """Lower bounds of C·y over the box; C (B, S, n_outputs) over the flattened first output.
 
     A `bounds` dict passed in is filled with every intermediate interval (callers keep them
@@ -157,9 +181,9 @@ def spec_lower_bounds(graph: Graph, box: Interval, C: torch.Tensor, method: str 
     out = graph.outputs[0]
     shape = graph[out].shape
     with torch.no_grad():
-        bounds = intermediate_bounds(graph, box, method, bounds, prior)
+        bounds = intermediate_bounds(graph, box, method, bounds, prior, splits, frozen)
         C = C.reshape(C.shape[0], C.shape[1], *shape)
         if method == "ibp":
             return concretize_lower(C, bounds[out])
-        crown = backward_lower(graph, out, C, bounds, input_coeffs=input_coeffs)
+        crown = backward_lower(graph, out, C, bounds, record=record)
         return torch.maximum(crown, concretize_lower(C, bounds[out]))

@@ -26,12 +26,15 @@ class BaBOptions:
     max_domains: int = 2_000_000
     #: domains narrower than this in every dimension are not split further
     min_width: float = 1e-7
+    #: gradient steps on the split multipliers (beta) and slopes per neuron-split round
+    beta_iterations: int = 8
 
 
 @dataclass
 class BaBOutcome:
     status: str                               # "unsat" | "sat" | "timeout" | "unknown"
     witness: torch.Tensor | None = None       # (*input_shape) when sat
+    witness_case: int = 0                     # the spec case whose box holds the witness
     visited: int = 0
     max_depth: int = 0
     worst_margin: float | None = None
@@ -69,7 +72,7 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
         coeffs: dict[str, torch.Tensor] = {}
         computed: dict[str, Interval] = {}
         lower = spec_lower_bounds(graph, Interval(batch.lower, batch.upper), problem.C[batch.case], "crown",
-                                  bounds=computed, input_coeffs=coeffs, prior=batch.inter or None)
+                                  bounds=computed, record=coeffs, prior=batch.inter or None)
         outcome.visited += len(batch)
         outcome.max_depth = max(outcome.max_depth, int(batch.depth.max()))
         margins = problem.margins(batch.case, lower)
@@ -89,7 +92,8 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
         hit = problem.violated(cases, y)
         if bool(hit.any()):
             outcome.status = "sat"
-            outcome.witness = candidates[hit.nonzero()[0, 0]]
+            first = hit.nonzero()[0, 0]
+            outcome.witness, outcome.witness_case = candidates[first], int(cases[first])
             break
         width = (batch.upper - batch.lower).reshape(len(batch), -1)
         splittable = width.amax(1) > options.min_width

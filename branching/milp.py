@@ -49,7 +49,10 @@ def _linear_map(node, xs_shapes, consts, var_positions):
 
 
 def build_and_solve(graph: Graph, case: SpecCase, polytope_index: int, time_limit: float = 60.0,
-                    bounds: dict[str, Interval] | None = None) -> PolytopeOptimum:
+                    bounds: dict[str, Interval] | None = None,
+                    fixed: dict[str, torch.Tensor] | None = None) -> PolytopeOptimum:
+    """Minimise t over the box (and the sign decisions in `fixed`: pre-activation name ->
+    (numel,) in {-1, 0, 1}) subject to C_i·y - d_i <= t for the polytope's rows."""
     g64 = graph
     box_l = torch.tensor(case.lower, dtype=torch.float64).reshape(1, *graph.input.shape)
     box_u = torch.tensor(case.upper, dtype=torch.float64).reshape(1, *graph.input.shape)
@@ -77,11 +80,25 @@ def build_and_solve(graph: Graph, case: SpecCase, polytope_index: int, time_limi
             slope = 0.0 if isinstance(rule, Relu) else float(node.attrs.get("alpha", 0.01))
             if slope > 1:
                 raise NotImplementedError("LeakyRelu with slope > 1 in MILP")
-            width = len(lbs) + 2 * int(((lo < 0) & (up > 0)).sum())
+            signs = fixed.get(node.inputs[0]) if fixed else None
+            free = (lo < 0) & (up > 0)
+            if signs is not None:
+                free &= signs.reshape(-1).cpu() == 0
+            width = len(lbs) + 2 * int(free.sum())
             newM = torch.zeros(M.shape[0], width, dtype=torch.float64)
             newM[:, : M.shape[1]] = M
             newc = c.clone()
             for j in range(M.shape[0]):
+                if signs is not None and int(signs[j]) != 0:
+                    e = {k: float(v) for k, v in enumerate(M[j].tolist()) if v != 0}
+                    if int(signs[j]) > 0:   # e >= 0, and then y = e
+                        rows.append((e, -float(c[j]), np.inf))
+                        continue
+                    rows.append((e, -np.inf, -float(c[j])))   # e <= 0, and then y = slope*e
+                    newM[j] = 0
+                    newM[j, : M.shape[1]] = slope * M[j]
+                    newc[j] = slope * c[j]
+                    continue
                 if lo[j] >= 0:
                     continue
                 if up[j] <= 0:
@@ -161,6 +178,8 @@ def _solve(lbs, ubs, integer, rows, t, n_in, case, polytope_index, time_limit) -
     h.run()
     status = h.getModelStatus()
     name = h.modelStatusToString(status)
+    if status == highspy.HighsModelStatus.kInfeasible:  # no input reaches this region at all
+        return PolytopeOptimum(-1, polytope_index, np.inf, None, name)
     if status != highspy.HighsModelStatus.kOptimal:
         return PolytopeOptimum(-1, polytope_index, None, None, name)
     sol = np.array(h.getSolution().col_value)

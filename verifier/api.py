@@ -23,6 +23,9 @@ import numpy as np
 import torch
 
 from bounds.crown import spec_lower_bounds
+from bounds.graph.interpret import run as run_graph
+from branching.bab import BaBOutcome, input_split_bab
+from branching.problem import SpecTensors
 from bounds.errors import ModelLoadError
 from bounds.graph.ir import Graph, graph_to
 from bounds.ibp import UnsupportedBoundError
@@ -277,11 +280,12 @@ class _Run:
                 # a polytope counts as refuted only through a row that clears the slack
                 margins[k][p] = float(m[best]) if refutes[b, rows].any() else min(float(m[best]), 0.0)
 
-    def pgd(self, open_targets: atk.Targets, starts: torch.Tensor, start_loss: torch.Tensor) -> Result | None:
+    def pgd(self, open_targets: atk.Targets, starts: torch.Tensor, start_loss: torch.Tensor,
+            budget: Deadline | None = None) -> Result | None:
         """PGD rounds until a replayed counterexample, pgd_rounds, max_seconds or the deadline.
         Every round starts one restart per target at the best point so far."""
         opts = self.options.attack
-        budget = self.deadline.within(opts.max_seconds)
+        budget = budget or self.deadline.within(opts.max_seconds)
         best_x, best_loss = starts.clone(), start_loss.clone()
         for r in range(opts.pgd_rounds):
             if budget.expired():
@@ -349,12 +353,52 @@ class _Run:
         t = time.monotonic()
         keep = [i for i in range(targets.count) if (targets.case[i], targets.polytope[i]) in open_keys]
         open_targets = targets.subset(keep)
-        found = self.pgd(open_targets, sampled.best_x[keep], sampled.best_loss[keep])
+        complete = self.margins is not None and self.input_split_applies()
+        budget = self.deadline.within(self.options.pre_bab_attack_seconds) if complete else None
+        found = self.pgd(open_targets, sampled.best_x[keep], sampled.best_loss[keep], budget)
         self.timed("pgd", t)
         if found is not None:
             return self.retime(found)
         self.check("pgd")
+        if complete:
+            t = time.monotonic()
+            res = self.branch_and_bound()
+            self.timed("bab", t)
+            if res is not None:
+                return self.retime(res)
+            self.check("branch and bound")
         return self.unknown(open_keys)
+
+    def input_split_applies(self) -> bool:
+        return math.prod(self.graph.input.shape) <= self.options.input_split_max_inputs
+
+    def branch_and_bound(self) -> Result | None:
+        """Input-splitting BaB over every case; a verdict, or None (then `unknown`)."""
+        problem = SpecTensors.from_spec(self.spec, tuple(self.graph.input.shape), self.device)
+        last = [time.monotonic()]
+
+        def progress(state: BaBOutcome, waiting: int) -> None:
+            if time.monotonic() - last[0] > 2.0:
+                last[0] = time.monotonic()
+                log.info("branch and bound: %d sub-problems done, %d waiting, worst margin %.4g, %.1f s",
+                         state.visited, waiting, state.worst_margin or 0.0, self.deadline.elapsed())
+
+        outcome = input_split_bab(self.graph, problem, self.deadline, self.options.bab, progress)
+        self.details["bab"] = {"visited": outcome.visited, "max_depth": outcome.max_depth,
+                               "seconds": round(outcome.elapsed, 3)}
+        if outcome.status == "unsat":
+            return self.result(Outcome.UNSAT, "bab", f"input splitting refuted every output polytope "
+                               f"({outcome.visited} sub-problems, depth {outcome.max_depth})", best_bound=0.0)
+        if outcome.status == "sat" and outcome.witness is not None:
+            x = outcome.witness.reshape(-1).double().cpu().numpy()
+            with torch.no_grad():
+                y = run_graph(self.graph, outcome.witness.unsqueeze(0)).reshape(-1).double().cpu().numpy()
+            cand = atk.Candidate(x=x, y=y, case=outcome.witness_case, polytope=0, loss=0.0, stage="bab")
+            return self.try_candidates([cand])
+        if outcome.status == "timeout":
+            raise _Timeout("branch and bound")
+        self.details["bab"]["notes"] = outcome.notes
+        return None
 
     def unknown(self, open_keys: set[tuple[int, int]]) -> Result:
         method = self.options.bound_method.upper()

@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from branching.bab import BaBOptions
+
 BoundMethod = Literal["crown", "ibp"]
 BOUND_METHODS: tuple[str, ...] = ("crown", "ibp")
 
@@ -61,6 +63,11 @@ class VerifyOptions:
     bound_method  "crown" (tighter) or "ibp" (interval arithmetic, cheaper)
     seed          seed of every random choice, so runs are reproducible
     attack        falsification effort, see AttackOptions
+    bab           branch-and-bound effort, see branching.bab.BaBOptions
+    input_split_max_inputs  networks with at most this many inputs are decided by input
+                  splitting once cheap bounds fail
+    pre_bab_attack_seconds  most seconds PGD may take before branch and bound (which keeps
+                  looking for counterexamples itself)
     """
 
     timeout: float = 300.0
@@ -68,6 +75,9 @@ class VerifyOptions:
     bound_method: BoundMethod = "crown"
     seed: int = 0
     attack: AttackOptions = field(default_factory=AttackOptions)
+    bab: BaBOptions = field(default_factory=BaBOptions)
+    input_split_max_inputs: int = 16
+    pre_bab_attack_seconds: float = 0.25
 
     def __post_init__(self) -> None:
         if not isinstance(self.timeout, (int, float)) or math.isnan(self.timeout) or self.timeout < 0:

@@ -1,0 +1,255 @@
+"""Branch-and-bound by splitting unstable ReLU neurons (x >= 0 / x <= 0).
+
+Every sub-problem keeps the whole input box of its case plus a sign decision per split
+neuron; bounding clamps the split neurons' pre-activation intervals, so their relaxations
+become exact and the layers after them tighten. Valid for the part of the box where the
+decisions hold, hence sound; infeasible decision sets (an interval emptied by a clamp) are
+refuted outright.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from bounds.alpha import AlphaOptions, bound_with, optimise_lower
+from bounds.crown import pre_activation_nodes, spec_lower_bounds
+from bounds.graph.interpret import run
+from bounds.graph.ir import Graph
+from bounds.ops import RULES
+from bounds.ops.relu import LeakyRelu, Relu
+from bounds.types import Interval
+from branching.bab import BaBOptions, BaBOutcome, _deciding_rows
+from branching.problem import SpecTensors
+
+
+@dataclass(frozen=True)
+class ReluDomains:
+    case: torch.Tensor                    # (N,) long
+    score: torch.Tensor                   # (N,) worst margin of the parent
+    depth: torch.Tensor                   # (N,) long
+    splits: dict[str, torch.Tensor]       # pre-activation -> (N, numel) int8 in {-1, 0, 1}
+    inter: dict[str, Interval] = field(default_factory=dict)  # parent's intervals (N, *shape)
+    #: topological index of the newest split's pre-activation (what changed since the parent)
+    newest: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.case.shape[0]
+
+    def take(self, idx: torch.Tensor) -> "ReluDomains":
+        return ReluDomains(self.case[idx], self.score[idx], self.depth[idx],
+                           {k: v[idx] for k, v in self.splits.items()},
+                           {k: Interval(v.lower[idx], v.upper[idx]) for k, v in self.inter.items()},
+                           None if self.newest is None else self.newest[idx])
+
+    @staticmethod
+    def cat(parts: list["ReluDomains"]) -> "ReluDomains":
+        parts = [p for p in parts if len(p)] or parts[:1]
+        keys = set.intersection(*(set(p.inter) for p in parts))
+        newest = None if any(p.newest is None for p in parts) else torch.cat([p.newest for p in parts])
+        return ReluDomains(torch.cat([p.case for p in parts]), torch.cat([p.score for p in parts]),
+                           torch.cat([p.depth for p in parts]),
+                           {k: torch.cat([p.splits[k] for p in parts]) for k in parts[0].splits},
+                           {k: Interval(torch.cat([p.inter[k].lower for p in parts]),
+                                        torch.cat([p.inter[k].upper for p in parts])) for k in keys},
+                           newest)
+
+    def pop_worst(self, k: int) -> tuple["ReluDomains", "ReluDomains"]:
+        if len(self) <= k:
+            return self, self.take(torch.zeros(0, dtype=torch.long, device=self.case.device))
+        order = torch.argsort(self.score)
+        return self.take(order[:k]), self.take(order[k:])
+
+
+def _rows(t: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Select sub-problems from a batched tensor that may still have batch dimension 1."""
+    return t.expand(n, *t.shape[1:])[idx] if t.shape[0] != n else t[idx]
+
+
+def _relu_layers(graph: Graph) -> list[tuple[str, str]]:
+    """(relu node, its pre-activation) for every ReLU-like node, in topological order."""
+    return [(n.name, n.inputs[0]) for n in graph.nodes
+            if isinstance(RULES.get(n.op), (Relu, LeakyRelu)) and not graph[n.inputs[0]].is_constant]
+
+
+def _branch_scores(layers, bounds: dict[str, Interval], record: dict[str, torch.Tensor],
+                   splits: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """(N, total unstable candidates) BaBSR-style estimate of what splitting each neuron gains.
+
+    A neuron's upper relaxation costs the bound its intercept wherever the output coefficient
+    is negative; splitting removes it. A small width term breaks ties among the rest.
+    """
+    parts = []
+    for relu, pre in layers:
+        interval = bounds[pre]
+        n = interval.lower.shape[0]
+        l, u = interval.lower.reshape(n, -1), interval.upper.reshape(n, -1)
+        unstable = (l < 0) & (u > 0) & (splits[pre] == 0)
+        A = record.get(relu)
+        if A is None:
+            a = torch.zeros_like(l)
+        else:
+            a = A[torch.arange(A.shape[0], device=A.device), rows.expand(A.shape[0]) if rows.numel() == 1 else rows]
+            a = a.reshape(a.shape[0], -1).expand_as(l)
+        width = torch.where(unstable, u - l, torch.ones_like(u))
+        intercept = torch.where(unstable, -l * u / width, torch.zeros_like(u))
+        score = (-a).clamp(min=0) * intercept + 1e-3 * a.abs() * intercept
+        parts.append(torch.where(unstable, score + 1e-9, torch.full_like(score, -1.0)))
+    return torch.cat(parts, 1)
+
+
+def _solve_leaf(graph: Graph, problem: SpecTensors, domains: ReluDomains, i: int,
+                bounds: dict[str, Interval]) -> tuple[str, torch.Tensor | None]:
+    """Decide one fully split sub-problem exactly (an LP, solved by HiGHS in float64)."""
+    from branching.milp import build_and_solve
+    from specs import Polytope, SpecCase
+
+    k = int(domains.case[i])
+    C, d, group = problem.C[k], problem.d[k], problem.group[k]
+    polys = []
+    for p in range(int(problem.real[k].sum())):
+        rows = (group == p).nonzero().flatten()
+        polys.append(Polytope(C[rows].double().cpu().numpy(), d[rows].double().cpu().numpy()))
+    case = SpecCase(problem.lower[k].reshape(-1).double().cpu().numpy(),
+                    problem.upper[k].reshape(-1).double().cpu().numpy(), tuple(polys))
+    leaf_bounds = {name: Interval(v.lower[i:i + 1].double(), v.upper[i:i + 1].double()) for name, v in bounds.items()}
+    fixed = {name: v[i] for name, v in domains.splits.items()}
+    for p in range(len(polys)):
+        res = build_and_solve(graph, case, p, time_limit=30.0, bounds=leaf_bounds, fixed=fixed)
+        if res.value is None:
+            return "unknown", None
+        if res.value <= 0:
+            return "sat", torch.tensor(res.x, dtype=problem.lower.dtype)
+    return "unsat", None
+
+
+def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOptions = BaBOptions(),
+                   progress: Callable[[BaBOutcome, int], None] | None = None) -> BaBOutcome:
+    """Decide the spec by splitting unstable ReLUs until every sub-problem is refuted."""
+    start = time.perf_counter()
+    device = problem.lower.device
+    layers = _relu_layers(graph)
+    if not layers:
+        return BaBOutcome("unknown", notes=["the network has no ReLU to split"])
+    order = {n.name: i for i, n in enumerate(graph.nodes)}
+    relaxed = pre_activation_nodes(graph)
+    sizes = {pre: graph[pre].shape for _, pre in layers}
+    K = problem.n_cases
+    splits = {pre: torch.zeros(K, int(torch.tensor(shape).prod()), dtype=torch.int8, device=device)
+              for pre, shape in sizes.items()}
+    domains = ReluDomains(torch.arange(K, device=device), torch.full((K,), -torch.inf, device=device),
+                          torch.zeros(K, dtype=torch.long, device=device), splits)
+    outcome = BaBOutcome("unsat")
+    offsets, total = {}, 0
+    for _, pre in layers:
+        offsets[pre] = total
+        total += splits[pre].shape[1]
+    batch_size = max(1, options.batch_size // 8)
+    beta_options = AlphaOptions(iterations=options.beta_iterations, lr=0.05, stop_above=None)
+    while len(domains):
+        if deadline.expired():
+            outcome.status = "timeout"
+            break
+        if len(domains) > options.max_domains:
+            outcome.status = "unknown"
+            outcome.notes.append(f"more than {options.max_domains} open sub-problems")
+            break
+        batch, domains = domains.pop_worst(batch_size)
+        frozen = None
+        if batch.newest is not None and batch.inter:
+            first = int(batch.newest.min())
+            frozen = {name for name in batch.inter if order[name] <= first}
+        computed: dict[str, Interval] = {}
+        box = Interval(problem.lower[batch.case], problem.upper[batch.case])
+        C = problem.C[batch.case]
+        lower = spec_lower_bounds(graph, box, C, "crown", bounds=computed,
+                                  prior=batch.inter or None, splits=batch.splits, frozen=frozen)
+        outcome.visited += len(batch)
+        outcome.max_depth = max(outcome.max_depth, int(batch.depth.max()))
+        infeasible = torch.zeros(len(batch), dtype=torch.bool, device=device)
+        for name in relaxed:
+            iv = computed[name]
+            infeasible |= (iv.lower > iv.upper).reshape(iv.lower.shape[0], -1).any(1).expand(len(batch))
+        margins = problem.margins(batch.case, lower)
+        open_ = (margins <= 0) & ~infeasible
+        if not bool(open_.any()):
+            continue
+        idx = open_.nonzero().flatten()
+        n = len(idx)
+        sub_bounds = {k: Interval(_rows(v.lower, idx, len(batch)), _rows(v.upper, idx, len(batch)))
+                      for k, v in computed.items()}
+        sub_splits = {k: v[idx] for k, v in batch.splits.items()}
+        C_sub = C[idx].reshape(n, C.shape[1], *graph.output.shape)
+        # beta-CROWN: make the output bound respect the split decisions
+        best, params = optimise_lower(graph, graph.outputs[0], C_sub, sub_bounds, beta_options, splits=sub_splits,
+                                      deadline=deadline)
+        record: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            bound_with(graph, graph.outputs[0], C_sub, sub_bounds, params, sub_splits, record=record)
+        lower_sub = torch.maximum(lower[idx], best)
+        margins_sub = problem.margins(batch.case[idx], lower_sub)
+        still = margins_sub <= 0
+        if not bool(still.any()):
+            continue
+        keep = still.nonzero().flatten()
+        idx, n = idx[keep], len(keep)
+        lower_sub, margins_sub = lower_sub[keep], margins_sub[keep]
+        sub_bounds = {k: Interval(v.lower[keep], v.upper[keep]) for k, v in sub_bounds.items()}
+        record = {k: v[keep] for k, v in record.items()}
+        rows = _deciding_rows(problem, batch.case[idx], lower_sub)
+        # falsification: the input corner minimising the deciding row's linear bound
+        A_in = record[graph.inputs[0]]
+        A_row = A_in[torch.arange(n, device=device), rows]
+        corner = torch.where(A_row > 0, box.lower[idx], box.upper[idx])
+        with torch.no_grad():
+            y = run(graph, corner)
+        hit = problem.violated(batch.case[idx], y)
+        if bool(hit.any()):
+            first = hit.nonzero()[0, 0]
+            outcome.status, outcome.witness, outcome.witness_case = "sat", corner[first], int(batch.case[idx][first])
+            break
+        kept = ReluDomains(batch.case[idx], margins_sub, batch.depth[idx],
+                           {k: v[idx] for k, v in batch.splits.items()},
+                           {k: sub_bounds[k] for k in relaxed})
+        scores = _branch_scores(layers, kept.inter, record, kept.splits, rows)
+        leaves = scores.max(1).values < 0
+        if bool(leaves.any()):
+            # every unstable ReLU is decided: the sub-problem is a linear program, solve it exactly
+            for i in leaves.nonzero().flatten().tolist():
+                verdict, x = _solve_leaf(graph, problem, kept, i, sub_bounds)
+                if verdict == "sat":
+                    outcome.status, outcome.witness = "sat", x.reshape(graph.input.shape)
+                    outcome.witness_case = int(kept.case[i])
+                    break
+                if verdict != "unsat":
+                    outcome.notes.append("the exact solver gave no answer on a fully split sub-problem")
+                    outcome.status = "unknown"
+                    break
+            if outcome.status != "unsat":
+                break
+            rest = (~leaves).nonzero().flatten()
+            kept, scores, idx = kept.take(rest), scores[rest], idx[rest]
+            if len(rest) == 0:
+                continue
+        best = scores.argmax(1)
+        n = len(best)
+        children = []
+        for sign in (1, -1):
+            new_splits = {k: v.clone() for k, v in kept.splits.items()}
+            newest = torch.zeros(n, dtype=torch.long, device=device)
+            for _, pre in layers:
+                off, width = offsets[pre], new_splits[pre].shape[1]
+                here = (best >= off) & (best < off + width)
+                if bool(here.any()):
+                    rows_here = here.nonzero().flatten()
+                    new_splits[pre][rows_here, best[rows_here] - off] = sign
+                    newest[rows_here] = order[pre]
+            children.append(ReluDomains(kept.case, kept.score, kept.depth + 1, new_splits, kept.inter, newest))
+        domains = ReluDomains.cat([domains, *children]) if len(domains) else ReluDomains.cat(children)
+        outcome.worst_margin = float(margins_sub.min())
+        if progress is not None:
+            progress(outcome, len(domains))
+    outcome.elapsed = time.perf_counter() - start
+    return outcome
