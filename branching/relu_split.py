@@ -101,7 +101,7 @@ def _branch_scores(layers, bounds: dict[str, Interval], record: dict[str, torch.
 
 
 def _solve_leaf(graph: Graph, problem: SpecTensors, domains: ReluDomains, i: int,
-                bounds: dict[str, Interval]) -> tuple[str, torch.Tensor | None]:
+                bounds: dict[str, Interval], deadline) -> tuple[str, torch.Tensor | None]:
     """Decide one fully split sub-problem exactly (an LP, solved by HiGHS in float64)."""
     from branching.milp import build_and_solve
     from specs import Polytope, SpecCase
@@ -117,7 +117,8 @@ def _solve_leaf(graph: Graph, problem: SpecTensors, domains: ReluDomains, i: int
     leaf_bounds = {name: Interval(v.lower[i:i + 1].double(), v.upper[i:i + 1].double()) for name, v in bounds.items()}
     fixed = {name: v[i] for name, v in domains.splits.items()}
     for p in range(len(polys)):
-        res = build_and_solve(graph, case, p, time_limit=30.0, bounds=leaf_bounds, fixed=fixed)
+        res = build_and_solve(graph, case, p, time_limit=max(0.01, min(30.0, deadline.remaining())),
+                              bounds=leaf_bounds, fixed=fixed)
         if res.value is None:
             return "unknown", None
         if res.value <= 0:
@@ -218,12 +219,15 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         if bool(leaves.any()):
             # every unstable ReLU is decided: the sub-problem is a linear program, solve it exactly
             for i in leaves.nonzero().flatten().tolist():
-                verdict, x = _solve_leaf(graph, problem, kept, i, sub_bounds)
+                if deadline.expired():
+                    outcome.status = "timeout"
+                    break
+                verdict, x = _solve_leaf(graph, problem, kept, i, sub_bounds, deadline)
                 if verdict == "sat":
                     outcome.status, outcome.witness = "sat", x.reshape(graph.input.shape)
                     outcome.witness_case = int(kept.case[i])
                     break
-                if verdict != "unsat":
+                if verdict != "unsat" and outcome.status == "unsat":
                     outcome.notes.append("the exact solver gave no answer on a fully split sub-problem")
                     outcome.status = "unknown"
                     break

@@ -25,6 +25,7 @@ import torch
 from bounds.crown import spec_lower_bounds
 from bounds.graph.interpret import run as run_graph
 from branching.bab import BaBOutcome, input_split_bab
+from branching.relu_split import relu_split_bab
 from branching.problem import SpecTensors
 from bounds.errors import ModelLoadError
 from bounds.graph.ir import Graph, graph_to
@@ -353,8 +354,13 @@ class _Run:
         t = time.monotonic()
         keep = [i for i in range(targets.count) if (targets.case[i], targets.polytope[i]) in open_keys]
         open_targets = targets.subset(keep)
-        complete = self.margins is not None and self.input_split_applies()
-        budget = self.deadline.within(self.options.pre_bab_attack_seconds) if complete else None
+        complete = self.margins is not None and (self.input_split_applies() or self.relu_split_applies())
+        budget = None
+        if complete:
+            seconds = self.options.pre_bab_attack_seconds
+            if not self.input_split_applies():  # neuron splitting looks for counterexamples less well
+                seconds = max(seconds, 0.1 * self.options.timeout)
+            budget = self.deadline.within(seconds)
         found = self.pgd(open_targets, sampled.best_x[keep], sampled.best_loss[keep], budget)
         self.timed("pgd", t)
         if found is not None:
@@ -372,6 +378,9 @@ class _Run:
     def input_split_applies(self) -> bool:
         return math.prod(self.graph.input.shape) <= self.options.input_split_max_inputs
 
+    def relu_split_applies(self) -> bool:
+        return any(node.op in ("Relu", "LeakyRelu") for node in self.graph.nodes)
+
     def branch_and_bound(self) -> Result | None:
         """Input-splitting BaB over every case; a verdict, or None (then `unknown`)."""
         problem = SpecTensors.from_spec(self.spec, tuple(self.graph.input.shape), self.device)
@@ -383,11 +392,16 @@ class _Run:
                 log.info("branch and bound: %d sub-problems done, %d waiting, worst margin %.4g, %.1f s",
                          state.visited, waiting, state.worst_margin or 0.0, self.deadline.elapsed())
 
-        outcome = input_split_bab(self.graph, problem, self.deadline, self.options.bab, progress)
-        self.details["bab"] = {"visited": outcome.visited, "max_depth": outcome.max_depth,
+        if self.input_split_applies():
+            kind = "input splitting"
+            outcome = input_split_bab(self.graph, problem, self.deadline, self.options.bab, progress)
+        else:
+            kind = "ReLU splitting"
+            outcome = relu_split_bab(self.graph, problem, self.deadline, self.options.bab, progress)
+        self.details["bab"] = {"kind": kind, "visited": outcome.visited, "max_depth": outcome.max_depth,
                                "seconds": round(outcome.elapsed, 3)}
         if outcome.status == "unsat":
-            return self.result(Outcome.UNSAT, "bab", f"input splitting refuted every output polytope "
+            return self.result(Outcome.UNSAT, "bab", f"{kind} refuted every output polytope "
                                f"({outcome.visited} sub-problems, depth {outcome.max_depth})", best_bound=0.0)
         if outcome.status == "sat" and outcome.witness is not None:
             x = outcome.witness.reshape(-1).double().cpu().numpy()

@@ -21,6 +21,9 @@ class _Deadline:
     def expired(self) -> bool:
         return time.monotonic() > self.end
 
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
 
 def _random_spec(graph, seed: int) -> Spec:
     """A box and a threshold chosen near the sampled output range, so sat and unsat both occur."""
