@@ -354,7 +354,8 @@ class _Run:
         t = time.monotonic()
         keep = [i for i in range(targets.count) if (targets.case[i], targets.polytope[i]) in open_keys]
         open_targets = targets.subset(keep)
-        complete = self.margins is not None and (self.input_split_applies() or self.relu_split_applies())
+        complete = (self.options.branch_and_bound and self.margins is not None
+                    and (self.input_split_applies() or self.relu_split_applies()))
         budget = None
         if complete:
             seconds = self.options.pre_bab_attack_seconds

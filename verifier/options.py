@@ -63,6 +63,7 @@ class VerifyOptions:
     bound_method  "crown" (tighter) or "ibp" (interval arithmetic, cheaper)
     seed          seed of every random choice, so runs are reproducible
     attack        falsification effort, see AttackOptions
+    branch_and_bound  run the complete search when bounds and attack leave the spec open
     bab           branch-and-bound effort, see branching.bab.BaBOptions
     input_split_max_inputs  networks with at most this many inputs are decided by input
                   splitting once cheap bounds fail
@@ -75,6 +76,7 @@ class VerifyOptions:
     bound_method: BoundMethod = "crown"
     seed: int = 0
     attack: AttackOptions = field(default_factory=AttackOptions)
+    branch_and_bound: bool = True
     bab: BaBOptions = field(default_factory=BaBOptions)
     input_split_max_inputs: int = 16
     pre_bab_attack_seconds: float = 0.25

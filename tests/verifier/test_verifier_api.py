@@ -14,6 +14,8 @@ from verifier import AttackOptions, Outcome, Result, VerifyOptions, verify
 from tests.verifier import verifier_fixtures as F
 
 FAST = VerifyOptions(timeout=30, attack=AttackOptions(pgd_rounds=1, pgd_steps=50))
+#: bounds and attack only: what a spec beyond plain CROWN reports without the complete search
+NO_BAB = FAST.with_(branch_and_bound=False)
 
 
 @pytest.fixture()
@@ -60,8 +62,11 @@ def test_unsat_with_ibp(net):
     assert res.outcome is Outcome.UNSAT and res.stage == "ibp"
     assert res.best_bound == pytest.approx(0.1, abs=1e-4)
     # y0 - y1 = 0.5 there, but IBP loses the correlation: unknown, not a wrong answer
-    res = verify(net, parse_vnnlib_text(F.UNSAT), options=FAST.with_(bound_method="ibp"))
+    res = verify(net, parse_vnnlib_text(F.UNSAT), options=NO_BAB.with_(bound_method="ibp"))
     assert res.outcome is Outcome.UNKNOWN and "IBP" in res.message
+    # branch and bound (input splitting) then decides it
+    res = verify(net, parse_vnnlib_text(F.UNSAT), options=FAST.with_(bound_method="ibp"))
+    assert res.outcome is Outcome.UNSAT and res.stage == "bab"
 
 
 def test_sat_writes_a_witness_that_replays(net, tmp_path):
@@ -75,7 +80,7 @@ def test_sat_writes_a_witness_that_replays(net, tmp_path):
 
 
 def test_unknown_names_the_open_polytope(net, tmp_path):
-    res = verify(net, _spec(tmp_path, "HARD"), options=FAST)
+    res = verify(net, _spec(tmp_path, "HARD"), options=NO_BAB)
     assert res.outcome is Outcome.UNKNOWN
     assert "case 0 polytope 0" in res.message and "-1.5" in res.message
     assert res.best_bound is not None and res.best_bound < 0
@@ -92,9 +97,15 @@ def test_disjunctive_boxes(net, tmp_path):
 
 
 def test_padded_rows_never_refute(net, tmp_path):
-    res = verify(net, _spec(tmp_path, "PADDED"), options=FAST)
+    res = verify(net, _spec(tmp_path, "PADDED"), options=NO_BAB)
     assert res.outcome is Outcome.UNKNOWN, res.message
     assert res.details["open_polytopes"] == [[0, 0]]
+
+
+def test_branch_and_bound_decides_what_crown_leaves_open(net, tmp_path):
+    for name in ("HARD", "PADDED"):
+        res = verify(net, _spec(tmp_path, name), options=FAST)
+        assert res.outcome is Outcome.UNSAT and res.stage == "bab", res.message
 
 
 def test_spec_object_and_graph_inputs(net):
