@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +43,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=None, help="override every instance's timeout (seconds)")
     parser.add_argument("--limit", type=int, default=0, help="run only the first N instances")
     parser.add_argument("--every", type=int, default=1, help="run every k-th instance (a fixed sample)")
+    parser.add_argument("--isolate", action="store_true",
+                        help="one fresh `python -m verifier` process per instance, killed at its limit "
+                             "(competition conditions: start-up paid every time)")
     args = parser.parse_args()
 
     truth = read_truth(args.suite)
@@ -62,18 +67,35 @@ def main() -> int:
                 continue
             limit = args.timeout or timeout
             start = time.perf_counter()
-            result = verify(args.suite / onnx_rel, args.suite / spec_rel, options=VerifyOptions(timeout=limit))
+            if args.isolate:
+                word, stage, message = run_isolated(args.suite / onnx_rel, args.suite / spec_rel, limit)
+            else:
+                result = verify(args.suite / onnx_rel, args.suite / spec_rel, options=VerifyOptions(timeout=limit))
+                word, stage, message = result.outcome.word, result.stage or "", result.message or ""
             elapsed = time.perf_counter() - start
             expected = truth.get((onnx_rel, spec_rel), "")
-            word = result.outcome.word
             agrees = "" if word not in ("sat", "unsat") or expected not in ("sat", "unsat") else str(word == expected)
             writer.writerow({"onnx": onnx_rel, "vnnlib": spec_rel, "timeout": limit, "result": word,
-                             "time_s": f"{elapsed:.3f}", "stage": result.stage or "", "expected": expected,
-                             "agrees": agrees, "message": (result.message or "")[:200]})
+                             "time_s": f"{elapsed:.3f}", "stage": stage, "expected": expected,
+                             "agrees": agrees, "message": message[:200]})
             fh.flush()
             print(f"{word:8s} {elapsed:7.2f}s  {Path(onnx_rel).name} {Path(spec_rel).name}"
                   f"{'  WRONG (expected ' + expected + ')' if agrees == 'False' else ''}", flush=True)
     return summarize(args.out)
+
+
+def run_isolated(onnx: Path, spec: Path, limit: float) -> tuple[str, str, str]:
+    """Run the CLI in a fresh process; the parent kills it one second past its limit."""
+    cmd = [sys.executable, "-m", "verifier", str(onnx), str(spec), "--timeout", str(limit), "--json"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit + 1.0)
+    except subprocess.TimeoutExpired:
+        return "timeout", "", "killed by the runner at the limit"
+    try:
+        data = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return "error", "", (proc.stderr or proc.stdout).strip()[-200:]
+    return data.get("result", "error"), data.get("stage") or "", data.get("message") or ""
 
 
 def summarize(path: Path) -> int:

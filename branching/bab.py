@@ -42,6 +42,18 @@ class BaBOutcome:
     notes: list[str] = field(default_factory=list)
 
 
+def stop_reason(outcome: BaBOutcome, deadline, waiting: int, options: BaBOptions) -> bool:
+    """Set the outcome's status and return True when the search has to stop unfinished."""
+    if deadline.expired():
+        outcome.status = "timeout"
+        return True
+    if waiting > options.max_domains:
+        outcome.status = "unknown"
+        outcome.notes.append(f"more than {options.max_domains} open sub-problems")
+        return True
+    return False
+
+
 def _corner_candidates(domains: DomainBatch, coeffs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Points most likely to violate: the corner minimising the deciding row's linear bound."""
     n = len(domains)
@@ -61,12 +73,7 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
     input_name = graph.inputs[0]
     relaxed = pre_activation_nodes(graph)
     while len(domains):
-        if deadline.expired():
-            outcome.status = "timeout"
-            break
-        if len(domains) > options.max_domains:
-            outcome.status = "unknown"
-            outcome.notes.append(f"more than {options.max_domains} open sub-problems")
+        if stop_reason(outcome, deadline, len(domains), options):
             break
         batch, domains = domains.pop_worst(options.batch_size)
         coeffs: dict[str, torch.Tensor] = {}

@@ -21,7 +21,7 @@ from bounds.graph.ir import Graph
 from bounds.ops import RULES
 from bounds.ops.relu import LeakyRelu, Relu
 from bounds.types import Interval
-from branching.bab import BaBOptions, BaBOutcome, _deciding_rows
+from branching.bab import BaBOptions, BaBOutcome, _deciding_rows, stop_reason
 from branching.problem import SpecTensors
 
 
@@ -150,12 +150,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     batch_size = max(1, options.batch_size // 8)
     beta_options = AlphaOptions(iterations=options.beta_iterations, lr=0.05, stop_above=None)
     while len(domains):
-        if deadline.expired():
-            outcome.status = "timeout"
-            break
-        if len(domains) > options.max_domains:
-            outcome.status = "unknown"
-            outcome.notes.append(f"more than {options.max_domains} open sub-problems")
+        if stop_reason(outcome, deadline, len(domains), options):
             break
         batch, domains = domains.pop_worst(batch_size)
         frozen = None
