@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bounds.crown import backward_lower, concretize_lower, intermediate_bounds
+from bounds.crown import _refine_mask, backward_lower, concretize_lower, intermediate_bounds, pre_activation_nodes
 from bounds.graph.ir import Graph
 from bounds.ops import RULES
 from bounds.ops.base import ActivationRule
@@ -130,3 +130,79 @@ def alpha_spec_lower_bounds(graph: Graph, box: Interval, C: torch.Tensor, option
     lower, _ = optimise_lower(graph, out, C, bounds, options, deadline=deadline)
     with torch.no_grad():
         return torch.maximum(lower, concretize_lower(C, bounds[out]))
+
+
+def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOptions = AlphaOptions(),
+                 deadline=None) -> tuple[torch.Tensor, dict[str, Interval]]:
+    """alpha-CROWN with every intermediate bound optimised too (each pre-activation gets its
+    own slopes), the final bound as the objective.
+
+    Returns the best lower bounds of C·y (B, S) and the best interval of every value. Every
+    iteration's bounds are valid, so the elementwise best over iterations is kept.
+    """
+    out = graph.outputs[0]
+    C = C.reshape(C.shape[0], C.shape[1], *graph[out].shape)
+    with torch.no_grad():
+        bounds = intermediate_bounds(graph, box, "crown")
+    best = {k: Interval(v.lower.clone(), v.upper.clone()) for k, v in bounds.items()}
+    targets = [n.name for n in graph.nodes if n.name in pre_activation_nodes(graph) and n.op != "Input"]
+    users = graph.consumers()
+    plans = []  # (name, flat rows (k,), C_p (B, 2k, *shape))
+    B = max(v.lower.shape[0] for v in bounds.values())
+    for name in targets:
+        mask = _refine_mask(bounds[name], users[name]).any(0)
+        rows = mask.nonzero().flatten()
+        if len(rows) == 0:
+            continue
+        numel = mask.numel()
+        eye = torch.zeros(len(rows), numel, dtype=C.dtype, device=C.device)
+        eye[torch.arange(len(rows), device=C.device), rows] = 1.0
+        C_p = torch.cat([eye, -eye]).reshape(1, 2 * len(rows), *graph[name].shape).expand(B, -1, *graph[name].shape)
+        plans.append((name, rows, C_p))
+    params: dict[tuple[str, str], torch.Tensor] = {}
+    for name, _, C_p in plans + [(out, None, C)]:
+        upstream = graph.ancestors(name)
+        for act, init in init_alphas(graph, bounds, C_p.shape[1]).items():
+            if act in upstream and act != name:
+                params[(name, act)] = init.expand(B, *init.shape[1:]).clone().requires_grad_(True)
+    if not params:
+        with torch.no_grad():
+            return backward_lower(graph, out, C, bounds), bounds
+    opt = torch.optim.Adam(params.values(), lr=options.lr)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, options.lr_decay)
+    best_out = None
+    for _ in range(max(1, options.iterations)):
+        with torch.enable_grad():
+            cur = dict(best)
+            for name, rows, C_p in plans:
+                alphas = {act: p for (t, act), p in params.items() if t == name}
+                lb = backward_lower(graph, name, C_p, cur, alphas)
+                k = len(rows)
+                flat_lo = best[name].lower.reshape(B, -1).clone()
+                flat_up = best[name].upper.reshape(B, -1).clone()
+                flat_lo[:, rows] = torch.maximum(flat_lo[:, rows], lb[:, :k])
+                flat_up[:, rows] = torch.minimum(flat_up[:, rows], -lb[:, k:])
+                shape = (B, *best[name].lower.shape[1:])
+                cur[name] = Interval(flat_lo.reshape(shape), flat_up.reshape(shape))
+            alphas = {act: p for (t, act), p in params.items() if t == out}
+            lb_out = backward_lower(graph, out, C, cur, alphas)
+        with torch.no_grad():
+            for name, _, _ in plans:
+                best[name] = best[name].intersect(Interval(cur[name].lower.detach(), cur[name].upper.detach()))
+            current = lb_out.detach()
+            best_out = current if best_out is None else torch.maximum(best_out, current)
+        if options.stop_above is not None and bool((best_out > options.stop_above).all()):
+            break
+        if deadline is not None and deadline.expired():
+            break
+        opt.zero_grad()
+        (-lb_out.sum()).backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for (_, act), v in params.items():
+                v.copy_(RULES[graph[act].op].project_alpha(graph[act], v))
+    with torch.no_grad():
+        final = backward_lower(graph, out, C, best)
+        best_out = torch.maximum(best_out, torch.maximum(final, concretize_lower(C, best[out])))
+    return best_out, best

@@ -127,8 +127,13 @@ def _solve_leaf(graph: Graph, problem: SpecTensors, domains: ReluDomains, i: int
 
 
 def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOptions = BaBOptions(),
-                   progress: Callable[[BaBOutcome, int], None] | None = None) -> BaBOutcome:
-    """Decide the spec by splitting unstable ReLUs until every sub-problem is refuted."""
+                   progress: Callable[[BaBOutcome, int], None] | None = None,
+                   root_bounds: dict[str, Interval] | None = None) -> BaBOutcome:
+    """Decide the spec by splitting unstable ReLUs until every sub-problem is refuted.
+
+    `root_bounds` (intervals valid on each case's whole box, e.g. from alpha-CROWN with
+    optimised intermediate layers; batch 1 or K) tighten every sub-problem.
+    """
     start = time.perf_counter()
     device = problem.lower.device
     layers = _relu_layers(graph)
@@ -140,8 +145,12 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     K = problem.n_cases
     splits = {pre: torch.zeros(K, int(torch.tensor(shape).prod()), dtype=torch.int8, device=device)
               for pre, shape in sizes.items()}
+    inter = {}
+    if root_bounds is not None:
+        inter = {k: Interval(v.lower.expand(K, *v.lower.shape[1:]).clone(), v.upper.expand(K, *v.upper.shape[1:]).clone())
+                 for k, v in root_bounds.items() if k in relaxed}
     domains = ReluDomains(torch.arange(K, device=device), torch.full((K,), -torch.inf, device=device),
-                          torch.zeros(K, dtype=torch.long, device=device), splits)
+                          torch.zeros(K, dtype=torch.long, device=device), splits, inter)
     outcome = BaBOutcome("unsat")
     offsets, total = {}, 0
     for _, pre in layers:

@@ -26,6 +26,7 @@ from bounds.crown import spec_lower_bounds
 from bounds.graph.interpret import run as run_graph
 from branching.bab import BaBOutcome, input_split_bab
 from branching.relu_split import relu_split_bab
+from bounds.alpha import optimise_all
 from branching.problem import SpecTensors
 from bounds.errors import ModelLoadError
 from bounds.graph.ir import Graph, graph_to
@@ -39,6 +40,7 @@ from verifier.replay import GraphReference, OnnxReference, Reference, TorchRefer
 from verifier.result import Outcome, Result
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("verifier.progress")
 
 ModelLike = Union[str, Path, torch.nn.Module, Graph]
 SpecLike = Union[str, Path, Spec]
@@ -390,7 +392,7 @@ class _Run:
         def progress(state: BaBOutcome, waiting: int) -> None:
             if time.monotonic() - last[0] > 2.0:
                 last[0] = time.monotonic()
-                log.info("branch and bound: %d sub-problems done, %d waiting, worst margin %.4g, %.1f s",
+                progress_log.info("branch and bound: %d sub-problems done, %d waiting, worst margin %.4g, %.1f s",
                          state.visited, waiting, state.worst_margin or 0.0, self.deadline.elapsed())
 
         if self.input_split_applies():
@@ -398,7 +400,16 @@ class _Run:
             outcome = input_split_bab(self.graph, problem, self.deadline, self.options.bab, progress)
         else:
             kind = "ReLU splitting"
-            outcome = relu_split_bab(self.graph, problem, self.deadline, self.options.bab, progress)
+            t = time.monotonic()
+            lower, root = optimise_all(self.graph, Interval(problem.lower, problem.upper), problem.C,
+                                       self.options.alpha, self.deadline.within(0.25 * self.deadline.remaining()))
+            self.timed("alpha-crown", t)
+            refuted = problem.refuted(torch.arange(problem.n_cases, device=problem.lower.device), lower)
+            if bool(refuted.all()):
+                margin = float(problem.margins(torch.arange(problem.n_cases, device=problem.lower.device), lower).min())
+                return self.result(Outcome.UNSAT, "alpha-crown", "alpha-CROWN (intermediate layers optimised) "
+                                   f"refutes every output polytope; smallest margin {margin:.4g}", best_bound=margin)
+            outcome = relu_split_bab(self.graph, problem, self.deadline, self.options.bab, progress, root)
         self.details["bab"] = {"kind": kind, "visited": outcome.visited, "max_depth": outcome.max_depth,
                                "seconds": round(outcome.elapsed, 3)}
         if outcome.status == "unsat":

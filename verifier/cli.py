@@ -170,8 +170,16 @@ def _configure_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.debug else (logging.ERROR if args.quiet else logging.WARNING)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for name in ("verifier", "bounds", "specs"):
+    for name in ("verifier", "bounds", "specs", "branching"):
         logging.getLogger(name).setLevel(level)
+    # long searches report progress (sub-problems done / waiting, worst margin) unless -q
+    progress = logging.getLogger("verifier.progress")
+    progress.setLevel(logging.ERROR if args.quiet else logging.INFO)
+    if not args.quiet and not any(isinstance(h, logging.StreamHandler) for h in progress.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        progress.addHandler(handler)
+        progress.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from bounds.alpha import AlphaOptions
 from branching.bab import BaBOptions
 
 BoundMethod = Literal["crown", "ibp"]
@@ -64,6 +65,7 @@ class VerifyOptions:
     seed          seed of every random choice, so runs are reproducible
     attack        falsification effort, see AttackOptions
     branch_and_bound  run the complete search when bounds and attack leave the spec open
+    alpha         alpha-CROWN effort before neuron splitting, see bounds.alpha.AlphaOptions
     bab           branch-and-bound effort, see branching.bab.BaBOptions
     input_split_max_inputs  networks with at most this many inputs are decided by input
                   splitting once cheap bounds fail
@@ -77,6 +79,7 @@ class VerifyOptions:
     seed: int = 0
     attack: AttackOptions = field(default_factory=AttackOptions)
     branch_and_bound: bool = True
+    alpha: AlphaOptions = field(default_factory=lambda: AlphaOptions(iterations=50, lr=0.1, stop_above=None))
     bab: BaBOptions = field(default_factory=BaBOptions)
     input_split_max_inputs: int = 16
     pre_bab_attack_seconds: float = 0.25

@@ -101,3 +101,27 @@ def test_alpha_crown_sound_and_at_least_crown(seed: int) -> None:
     ys = run(graph, xs.reshape(-1, *graph.input.shape)).reshape(2000, 2, -1)
     values = torch.einsum("bso,nbo->nbs", C, ys)
     assert (values >= alpha - 1e-4 * (1 + values.abs())).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_alpha_crown_with_optimised_intermediate_bounds_is_sound(seed: int) -> None:
+    from bounds.alpha import AlphaOptions, optimise_all
+
+    graph = random_mlp(seed, width=12, depth=4, acts=["Relu", "LeakyRelu"], residual=seed % 2 == 1)
+    box = _box(graph, seed, batch=2, radius=0.8)
+    gen = torch.Generator().manual_seed(seed)
+    C = torch.randn(2, 4, 3, generator=gen)
+    crown = spec_lower_bounds(graph, box, C, "crown")
+    lower, inter = optimise_all(graph, box, C, AlphaOptions(iterations=25, lr=0.2, stop_above=None))
+    assert (lower >= crown - 1e-5).all()
+    xs = _samples(box, 2000, seed)
+    flat = xs.reshape(-1, *graph.input.shape)
+    from bounds.graph.interpret import evaluate
+    values = evaluate(graph, flat, keep=set(inter))
+    for name, iv in inter.items():
+        v = values[name].reshape(2000, 2, -1)
+        lo, up = iv.lower.reshape(iv.lower.shape[0], -1), iv.upper.reshape(iv.upper.shape[0], -1)
+        assert (v >= lo - 1e-4 * (1 + v.abs())).all() and (v <= up + 1e-4 * (1 + v.abs())).all(), name
+    ys = values[graph.outputs[0]].reshape(2000, 2, -1)
+    spec_values = torch.einsum("bso,nbo->nbs", C, ys)
+    assert (spec_values >= lower - 1e-4 * (1 + spec_values.abs())).all()
