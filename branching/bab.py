@@ -42,9 +42,14 @@ class BaBOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def stop_reason(outcome: BaBOutcome, deadline, waiting: int, options: BaBOptions) -> bool:
-    """Set the outcome's status and return True when the search has to stop unfinished."""
-    if deadline.expired():
+def stop_reason(outcome: BaBOutcome, deadline, waiting: int, options: BaBOptions,
+                last_round: float = 0.0) -> bool:
+    """Set the outcome's status and return True when the search has to stop unfinished.
+
+    A round that would not finish before the deadline (judged by the last one) is not begun,
+    so the time limit is kept to within one round's jitter rather than one round.
+    """
+    if deadline.expired() or (hasattr(deadline, "remaining") and last_round > deadline.remaining()):
         outcome.status = "timeout"
         return True
     if waiting > options.max_domains:
@@ -72,9 +77,11 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
     outcome = BaBOutcome("unsat")
     input_name = graph.inputs[0]
     relaxed = pre_activation_nodes(graph)
+    last_round = 0.0
     while len(domains):
-        if stop_reason(outcome, deadline, len(domains), options):
+        if stop_reason(outcome, deadline, len(domains), options, last_round):
             break
+        round_start = time.perf_counter()
         batch, domains = domains.pop_worst(options.batch_size)
         coeffs: dict[str, torch.Tensor] = {}
         computed: dict[str, Interval] = {}
@@ -113,6 +120,7 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
         batch = DomainBatch(batch.lower, batch.upper, batch.case, margins, batch.depth, batch.inter)
         domains = DomainBatch.cat([domains, bisect(batch, dims)])
         outcome.worst_margin = float(margins.min())
+        last_round = time.perf_counter() - round_start
         if progress is not None:
             progress(outcome, len(domains))
     outcome.elapsed = time.perf_counter() - start

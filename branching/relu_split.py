@@ -158,9 +158,11 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         total += splits[pre].shape[1]
     batch_size = max(1, options.batch_size // 8)
     beta_options = AlphaOptions(iterations=options.beta_iterations, lr=0.05, stop_above=None)
+    last_round = 0.0
     while len(domains):
-        if stop_reason(outcome, deadline, len(domains), options):
+        if stop_reason(outcome, deadline, len(domains), options, last_round):
             break
+        round_start = time.perf_counter()
         batch, domains = domains.pop_worst(batch_size)
         frozen = None
         if batch.newest is not None and batch.inter:
@@ -257,6 +259,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
             children.append(ReluDomains(kept.case, kept.score, kept.depth + 1, new_splits, kept.inter, newest))
         domains = ReluDomains.cat([domains, *children]) if len(domains) else ReluDomains.cat(children)
         outcome.worst_margin = float(margins_sub.min())
+        last_round = time.perf_counter() - round_start
         if progress is not None:
             progress(outcome, len(domains))
     outcome.elapsed = time.perf_counter() - start
