@@ -103,14 +103,9 @@ def optimise_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
         for k, v in params.items():
             mask = improved.reshape(*improved.shape, *([1] * (v.dim() - 2)))
             best_params[k] = torch.where(mask, v.detach(), best_params[k])
-        if options.stop_above is not None and bool((best > options.stop_above).all()):
+        if _finished(best, options, deadline):
             break
-        if deadline is not None and deadline.expired():
-            break
-        opt.zero_grad()
-        (-lb.sum()).backward()
-        opt.step()
-        sched.step()
+        _ascend(opt, sched, lb)
         with torch.no_grad():
             for name, v in params.items():
                 if name.startswith("beta:"):
@@ -118,6 +113,19 @@ def optimise_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
                 else:
                     v.copy_(RULES[graph[name].op].project_alpha(graph[name], v))
     return best, best_params
+
+
+def _finished(best: torch.Tensor, options: AlphaOptions, deadline) -> bool:
+    stop = options.stop_above is not None and bool((best > options.stop_above).all())
+    return stop or (deadline is not None and deadline.expired())
+
+
+def _ascend(opt: torch.optim.Optimizer, sched, lower: torch.Tensor) -> None:
+    """One gradient step that raises the sum of the lower bounds."""
+    opt.zero_grad()
+    (-lower.sum()).backward()
+    opt.step()
+    sched.step()
 
 
 def alpha_spec_lower_bounds(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOptions = AlphaOptions(),
@@ -191,14 +199,9 @@ def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOpt
                 best[name] = best[name].intersect(Interval(cur[name].lower.detach(), cur[name].upper.detach()))
             current = lb_out.detach()
             best_out = current if best_out is None else torch.maximum(best_out, current)
-        if options.stop_above is not None and bool((best_out > options.stop_above).all()):
+        if _finished(best_out, options, deadline):
             break
-        if deadline is not None and deadline.expired():
-            break
-        opt.zero_grad()
-        (-lb_out.sum()).backward()
-        opt.step()
-        sched.step()
+        _ascend(opt, sched, lb_out)
         with torch.no_grad():
             for (_, act), v in params.items():
                 v.copy_(RULES[graph[act].op].project_alpha(graph[act], v))
