@@ -12,6 +12,22 @@ from specs import Spec
 REFUTE_SLACK = 1e-6
 
 
+def round_outward(values, direction: int) -> torch.Tensor:
+    """float64 bounds -> float32 rounded outward (down for lower, up for upper), so the float32
+    box always contains the spec's box."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    v32 = values.astype(np.float32)
+    if direction < 0:
+        bad = v32.astype(np.float64) > values
+        v32[bad] = np.nextafter(v32[bad], np.float32(-np.inf))
+    else:
+        bad = v32.astype(np.float64) < values
+        v32[bad] = np.nextafter(v32[bad], np.float32(np.inf))
+    return torch.from_numpy(v32)
+
+
 def certified_margin(row_lower: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     """lower(C·y) - d, reduced by the rounding allowance; > 0 proves the row."""
     return row_lower - d - REFUTE_SLACK * (1 + d.abs() + row_lower.abs())
@@ -54,8 +70,12 @@ class SpecTensors:
         onehot = torch.zeros(K, R, P, dtype=dtype)
         valid = group >= 0
         onehot[valid.nonzero(as_tuple=True) + (group[valid],)] = 1.0
-        lower = torch.stack([torch.tensor(c.lower) for c in spec.cases]).reshape(K, *input_shape)
-        upper = torch.stack([torch.tensor(c.upper) for c in spec.cases]).reshape(K, *input_shape)
+        if dtype == torch.float32:
+            lower = torch.stack([round_outward(c.lower, -1) for c in spec.cases]).reshape(K, *input_shape)
+            upper = torch.stack([round_outward(c.upper, +1) for c in spec.cases]).reshape(K, *input_shape)
+        else:
+            lower = torch.stack([torch.tensor(c.lower) for c in spec.cases]).reshape(K, *input_shape)
+            upper = torch.stack([torch.tensor(c.upper) for c in spec.cases]).reshape(K, *input_shape)
         to = dict(device=device, dtype=dtype)
         return SpecTensors(lower.to(**to), upper.to(**to), C.to(**to), d.to(**to), group.to(device),
                            onehot.to(device), real.to(device))

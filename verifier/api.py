@@ -27,7 +27,7 @@ from bounds.graph.interpret import run as run_graph
 from branching.bab import BaBOutcome, input_split_bab
 from branching.relu_split import relu_split_bab
 from bounds.alpha import optimise_all
-from branching.problem import SpecTensors
+from branching.problem import SpecTensors, round_outward
 from bounds.errors import ModelLoadError
 from bounds.graph.ir import Graph, graph_to
 from bounds.ibp import UnsupportedBoundError
@@ -251,8 +251,8 @@ class _Run:
         shape = self.graph.input.shape
         lower = np.stack([c.lower for c in cases])
         upper = np.stack([c.upper for c in cases])
-        box = Interval(_outward(lower, -1).reshape(B, *shape).to(self.device),
-                       _outward(upper, +1).reshape(B, *shape).to(self.device))
+        box = Interval(round_outward(lower, -1).reshape(B, *shape).to(self.device),
+                       round_outward(upper, +1).reshape(B, *shape).to(self.device))
         Ct = torch.as_tensor(C, dtype=torch.float32, device=self.device)
         known: dict[str, Interval] = {}
         lb = spec_lower_bounds(self.graph, box, Ct, method=method, bounds=known).double().cpu().numpy()  # (B, S)
@@ -461,18 +461,6 @@ class _Run:
             details["attack_best_loss"] = min(self.attack_loss.values())
         stage = self.options.bound_method if self.margins is not None else ""
         return self.result(Outcome.UNKNOWN, stage, msg[0].upper() + msg[1:], best_bound=best_bound, details=details)
-
-
-def _outward(values: np.ndarray, direction: int) -> torch.Tensor:
-    """float64 bounds -> float32 rounded outward (down for lower, up for upper)."""
-    v32 = values.astype(np.float32)
-    if direction < 0:
-        bad = v32.astype(np.float64) > values
-        v32[bad] = np.nextafter(v32[bad], np.float32(-np.inf))
-    else:
-        bad = v32.astype(np.float64) < values
-        v32[bad] = np.nextafter(v32[bad], np.float32(np.inf))
-    return torch.from_numpy(v32)
 
 
 def _check_boxes(spec: Spec) -> None:
