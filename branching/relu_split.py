@@ -257,7 +257,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
                     new_splits[pre][rows_here, best[rows_here] - off] = sign
                     newest[rows_here] = order[pre]
             children.append(ReluDomains(kept.case, kept.score, kept.depth + 1, new_splits, kept.inter, newest))
-        domains = ReluDomains.cat([domains, *children]) if len(domains) else ReluDomains.cat(children)
+        domains = ReluDomains.cat([domains, *children])
         outcome.worst_margin = float(margins_sub.min())
         last_round = time.perf_counter() - round_start
         if progress is not None:
