@@ -516,6 +516,8 @@ def verify(model: ModelLike, spec: SpecLike, *, options: VerifyOptions | None = 
                deadline=deadline, instance=instance,
                gen=torch.Generator().manual_seed(options.seed), device=device)
     run.timed("load", t)
+    progress_log.info("%s: %d input box(es), %d inputs, %d outputs, loaded in %.2f s",
+                      instance, len(spec_obj.cases), n_in, n_out, time.monotonic() - t)
     try:
         run.check("loading")
         return run.run()

@@ -165,7 +165,9 @@ def test_sigterm_writes_timeout(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "verifier", str(model), str(spec), "--out", str(out)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # past interpreter start-up, when the handlers are installed
+    # wait until loading is reported: the handlers are installed and the work has begun
+    started = proc.stderr.readline()
+    assert "loaded in" in started, started
     proc.terminate()
     stdout, stderr = proc.communicate(timeout=30)
     if proc.returncode == 0:  # finished before the signal: only possible on a very fast machine

@@ -72,12 +72,12 @@ def declarations(n_in: int, n_out: int) -> str:
 
 
 def box(lower: Sequence[float], upper: Sequence[float]) -> str:
-    return "\n".join(f"(assert (>= X_{i} {lo!r}))\n(assert (<= X_{i} {hi!r}))"
+    return "\n".join(f"(assert (>= X_{i} {float(lo)!r}))\n(assert (<= X_{i} {float(hi)!r}))"
                      for i, (lo, hi) in enumerate(zip(lower, upper))) + "\n"
 
 
 def box_and(lower: Sequence[float], upper: Sequence[float]) -> str:
-    return "(and " + " ".join(f"(>= X_{i} {lo!r}) (<= X_{i} {hi!r})"
+    return "(and " + " ".join(f"(>= X_{i} {float(lo)!r}) (<= X_{i} {float(hi)!r})"
                               for i, (lo, hi) in enumerate(zip(lower, upper))) + ")"
 
 
