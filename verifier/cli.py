@@ -182,8 +182,19 @@ def _configure_logging(args: argparse.Namespace) -> None:
         progress.propagate = False
 
 
+#: `verify <word> ...` runs another command; each lives in its own module with a
+#: `main(argv) -> int`, imported only when used so that `verify net spec` stays light.
+SUBCOMMANDS: dict[str, str] = {
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+
+        return importlib.import_module(SUBCOMMANDS[argv[0]]).main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
