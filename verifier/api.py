@@ -107,8 +107,10 @@ def load_model(model: ModelLike, spec: Spec, input_shape: tuple[int, ...] | None
 class _Run:
     """Per-call state of one verification run (never shared between calls)."""
 
-    graph: Graph                 # float32 on the chosen device
+    graph: Graph                 # float32 on the chosen device (attacks)
     cpu_graph: Graph             # float32 on the CPU, for cross-checks
+    bound_graph: Graph           # in the bound precision (options.precision) on the chosen device
+    bound_dtype: torch.dtype
     spec: Spec
     reference: Reference
     options: VerifyOptions
@@ -248,18 +250,24 @@ class _Run:
         for b, (Cb, db, _) in enumerate(stacks):
             C[b, : Cb.shape[0]] = Cb
             d[b, : db.shape[0]] = db
-        shape = self.graph.input.shape
+        graph = self.bound_graph
+        dtype = self.bound_dtype
+        shape = graph.input.shape
         lower = np.stack([c.lower for c in cases])
         upper = np.stack([c.upper for c in cases])
-        box = Interval(round_outward(lower, -1).reshape(B, *shape).to(self.device),
-                       round_outward(upper, +1).reshape(B, *shape).to(self.device))
-        Ct = torch.as_tensor(C, dtype=torch.float32, device=self.device)
+        if dtype == torch.float64:
+            box = Interval(torch.as_tensor(lower).reshape(B, *shape).to(self.device),
+                           torch.as_tensor(upper).reshape(B, *shape).to(self.device))
+        else:
+            box = Interval(round_outward(lower, -1).reshape(B, *shape).to(self.device),
+                           round_outward(upper, +1).reshape(B, *shape).to(self.device))
+        Ct = torch.as_tensor(C, dtype=dtype, device=self.device)
         known: dict[str, Interval] = {}
-        lb = spec_lower_bounds(self.graph, box, Ct, method=method, bounds=known).double().cpu().numpy()  # (B, S)
+        lb = spec_lower_bounds(graph, box, Ct, method=method, bounds=known).double().cpu().numpy()  # (B, S)
         # the bound is of C32·y; C·y differs by at most |C - C32|·max|y|
         rounding = np.abs(C - Ct.double().cpu().numpy())
         if rounding.any():
-            out = known.get(self.graph.outputs[0])
+            out = known.get(graph.outputs[0])
             if out is None:
                 lb = np.full_like(lb, -math.inf)
             else:
@@ -386,7 +394,8 @@ class _Run:
 
     def branch_and_bound(self) -> Result | None:
         """Input-splitting BaB over every case; a verdict, or None (then `unknown`)."""
-        problem = SpecTensors.from_spec(self.spec, tuple(self.graph.input.shape), self.device)
+        graph = self.bound_graph
+        problem = SpecTensors.from_spec(self.spec, tuple(graph.input.shape), self.device, self.bound_dtype)
         last = [time.monotonic()]
 
         def progress(state: BaBOutcome, waiting: int) -> None:
@@ -397,11 +406,11 @@ class _Run:
 
         if self.input_split_applies():
             kind = "input splitting"
-            outcome = input_split_bab(self.graph, problem, self.deadline, self.options.bab, progress)
+            outcome = input_split_bab(graph, problem, self.deadline, self.options.bab, progress)
         else:
             kind = "ReLU splitting"
             t = time.monotonic()
-            lower, root = optimise_all(self.graph, Interval(problem.lower, problem.upper), problem.C,
+            lower, root = optimise_all(graph, Interval(problem.lower, problem.upper), problem.C,
                                        self.options.alpha, self.deadline.within(0.25 * self.deadline.remaining()))
             self.timed("alpha-crown", t)
             refuted = problem.refuted(torch.arange(problem.n_cases, device=problem.lower.device), lower)
@@ -409,7 +418,7 @@ class _Run:
                 margin = float(problem.margins(torch.arange(problem.n_cases, device=problem.lower.device), lower).min())
                 return self.result(Outcome.UNSAT, "alpha-crown", "alpha-CROWN (intermediate layers optimised) "
                                    f"refutes every output polytope; smallest margin {margin:.4g}", best_bound=margin)
-            outcome = relu_split_bab(self.graph, problem, self.deadline, self.options.bab, progress, root)
+            outcome = relu_split_bab(graph, problem, self.deadline, self.options.bab, progress, root)
         self.details["bab"] = {"kind": kind, "visited": outcome.visited, "max_depth": outcome.max_depth,
                                "seconds": round(outcome.elapsed, 3)}
         if outcome.status == "unsat":
@@ -418,7 +427,7 @@ class _Run:
         if outcome.status == "sat" and outcome.witness is not None:
             x = outcome.witness.reshape(-1).double().cpu().numpy()
             with torch.no_grad():
-                y = run_graph(self.graph, outcome.witness.unsqueeze(0)).reshape(-1).double().cpu().numpy()
+                y = run_graph(graph, outcome.witness.unsqueeze(0)).reshape(-1).double().cpu().numpy()
             cand = atk.Candidate(x=x, y=y, case=outcome.witness_case, polytope=0, loss=0.0, stage="bab")
             return self.try_candidates([cand])
         if outcome.status == "timeout":
@@ -511,10 +520,14 @@ def verify(model: ModelLike, spec: SpecLike, *, options: VerifyOptions | None = 
     spec_name = _stem(spec_obj.source) if spec_obj.source else "spec"
     instance = f"{model_name} {spec_name}"
     cpu_graph = graph_to(graph, "cpu", torch.float32)
-    run = _Run(graph=cpu_graph if device.type == "cpu" else graph_to(graph, device, torch.float32),
-               cpu_graph=cpu_graph, spec=spec_obj, reference=reference, options=options,
+    attack_graph = cpu_graph if device.type == "cpu" else graph_to(graph, device, torch.float32)
+    bound_dtype = options.bound_dtype(device.type)
+    run = _Run(graph=attack_graph, cpu_graph=cpu_graph,
+               bound_graph=attack_graph if bound_dtype == torch.float32 else graph_to(graph, device, bound_dtype),
+               bound_dtype=bound_dtype, spec=spec_obj, reference=reference, options=options,
                deadline=deadline, instance=instance,
                gen=torch.Generator().manual_seed(options.seed), device=device)
+    run.details["precision"] = str(bound_dtype).replace("torch.", "")
     run.timed("load", t)
     progress_log.info("%s: %d input box(es), %d inputs, %d outputs, loaded in %.2f s",
                       instance, len(spec_obj.cases), n_in, n_out, time.monotonic() - t)

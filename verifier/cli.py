@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, metavar="FILE", help="write the VNN-COMP result file here")
     p.add_argument("--device", default="cpu", metavar="DEV", help="cpu (default), cuda or cuda:N")
     p.add_argument("--method", choices=("crown", "ibp"), default="crown", help="bound method (default crown)")
+    p.add_argument("--precision", choices=("auto", "float64", "float32"), default="auto",
+                   help="floating point of the bounds (default auto: float64 on the CPU, float32 on a GPU)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the attack (default 0)")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the summary line")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the result word; no log messages")
@@ -238,7 +240,8 @@ def _run(args: argparse.Namespace, reporter: Reporter, margin: float) -> int:
         try:
             check_device(args.device)
             budget = max(0.0, args.timeout - 2 * margin - reporter.elapsed())
-            options = VerifyOptions(timeout=budget, device=args.device, bound_method=args.method, seed=args.seed)
+            options = VerifyOptions(timeout=budget, device=args.device, bound_method=args.method, seed=args.seed,
+                                    precision=args.precision)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             _report_error(reporter, str(exc), "usage")

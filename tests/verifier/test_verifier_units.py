@@ -163,3 +163,19 @@ def test_attack_respects_the_deadline(tmp_path):
     assert res.timed_out and not res.found
     res = atk.random_search(graph, targets, 100, gen, Deadline(30))
     assert not res.found and res.best_loss.item() >= 0.5 - 1e-5  # y0 - y1 >= 0.5 everywhere
+
+
+def test_bounds_default_to_float64_on_the_cpu_and_float32_on_request(tmp_path):
+    from specs import parse_vnnlib_text
+    from tests.verifier import verifier_fixtures as F
+    from verifier import VerifyOptions, verify
+
+    assert VerifyOptions().bound_dtype("cpu") == torch.float64
+    assert VerifyOptions().bound_dtype("cuda") == torch.float32
+    assert VerifyOptions(precision="float32").bound_dtype("cpu") == torch.float32
+    with pytest.raises(ValueError, match="precision"):
+        VerifyOptions(precision="half")
+    net = F.write_tiny_net(tmp_path / "tiny.onnx")
+    for precision, word in (("auto", "float64"), ("float32", "float32")):
+        res = verify(net, parse_vnnlib_text(F.UNSAT), options=VerifyOptions(timeout=30, precision=precision))
+        assert res.outcome.word == "unsat" and res.details["precision"] == word
