@@ -141,12 +141,15 @@ def alpha_spec_lower_bounds(graph: Graph, box: Interval, C: torch.Tensor, option
 
 
 def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOptions = AlphaOptions(),
-                 deadline=None) -> tuple[torch.Tensor, dict[str, Interval]]:
+                 deadline=None, final_alphas: dict[str, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, dict[str, Interval]]:
     """alpha-CROWN with every intermediate bound optimised too (each pre-activation gets its
     own slopes), the final bound as the objective.
 
     Returns the best lower bounds of C·y (B, S) and the best interval of every value. Every
     iteration's bounds are valid, so the elementwise best over iterations is kept.
+    A `final_alphas` dict passed in receives the output bound's slopes (B, S, *shape) of the
+    best iteration per row, to warm-start sub-problems of the same boxes.
     """
     out = graph.outputs[0]
     C = C.reshape(C.shape[0], C.shape[1], *graph[out].shape)
@@ -179,6 +182,7 @@ def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOpt
     opt = torch.optim.Adam(params.values(), lr=options.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, options.lr_decay)
     best_out = None
+    out_alphas = {act: p.detach().clone() for (t, act), p in params.items() if t == out}
     for _ in range(max(1, options.iterations)):
         with torch.enable_grad():
             cur = dict(best)
@@ -198,6 +202,10 @@ def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOpt
             for name, _, _ in plans:
                 best[name] = best[name].intersect(Interval(cur[name].lower.detach(), cur[name].upper.detach()))
             current = lb_out.detach()
+            improved = torch.ones_like(current, dtype=torch.bool) if best_out is None else current > best_out
+            for act, kept in out_alphas.items():
+                mask = improved.reshape(*improved.shape, *([1] * (kept.dim() - 2)))
+                out_alphas[act] = torch.where(mask, params[(out, act)].detach(), kept)
             best_out = current if best_out is None else torch.maximum(best_out, current)
         if _finished(best_out, options, deadline):
             break
@@ -208,4 +216,6 @@ def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOpt
     with torch.no_grad():
         final = backward_lower(graph, out, C, best)
         best_out = torch.maximum(best_out, torch.maximum(final, concretize_lower(C, best[out])))
+    if final_alphas is not None:
+        final_alphas.update(out_alphas)
     return best_out, best

@@ -28,6 +28,10 @@ class BaBOptions:
     min_width: float = 1e-7
     #: gradient steps on the split multipliers (beta) and slopes per neuron-split round
     beta_iterations: int = 8
+    #: re-derive the intermediate bounds after each neuron split by CROWN (tighter per
+    #: sub-problem, several times slower); otherwise the parent's bounds are kept, clamped by
+    #: the splits, and the split multipliers (beta) carry the decisions to the output bound
+    refine_intermediate: bool = False
 
 
 @dataclass
@@ -59,6 +63,23 @@ def stop_reason(outcome: BaBOutcome, deadline, waiting: int, options: BaBOptions
     return False
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch reports exhausted memory as OutOfMemoryError on GPUs and RuntimeError on the CPU."""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
+
+
+def shrink_batch(batch_size: int, exc: BaseException, device: torch.device) -> int:
+    """The next batch size after an out-of-memory error (re-raised when it cannot shrink)."""
+    if batch_size <= 1:
+        raise exc
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    log.info("out of memory with %d sub-problems per batch; retrying with %d", batch_size, batch_size // 2)
+    return batch_size // 2
+
+
 def _corner_candidates(domains: DomainBatch, coeffs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Points most likely to violate: the corner minimising the deciding row's linear bound."""
     n = len(domains)
@@ -78,15 +99,23 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
     input_name = graph.inputs[0]
     relaxed = pre_activation_nodes(graph)
     last_round = 0.0
+    batch_size = options.batch_size
     while len(domains):
         if stop_reason(outcome, deadline, len(domains), options, last_round):
             break
         round_start = time.perf_counter()
-        batch, domains = domains.pop_worst(options.batch_size)
+        batch, domains = domains.pop_worst(batch_size)
         coeffs: dict[str, torch.Tensor] = {}
         computed: dict[str, Interval] = {}
-        lower = spec_lower_bounds(graph, Interval(batch.lower, batch.upper), problem.C[batch.case], "crown",
-                                  bounds=computed, record=coeffs, prior=batch.inter or None)
+        try:
+            lower = spec_lower_bounds(graph, Interval(batch.lower, batch.upper), problem.C[batch.case], "crown",
+                                      bounds=computed, record=coeffs, prior=batch.inter or None)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            batch_size = shrink_batch(batch_size, exc, device)
+            domains = DomainBatch.cat([batch, domains])
+            continue
         outcome.visited += len(batch)
         outcome.max_depth = max(outcome.max_depth, int(batch.depth.max()))
         margins = problem.margins(batch.case, lower)

@@ -14,14 +14,14 @@ from typing import Callable
 
 import torch
 
-from bounds.alpha import AlphaOptions, bound_with, optimise_lower
+from bounds.alpha import AlphaOptions, bound_with, init_alphas, optimise_lower
 from bounds.crown import pre_activation_nodes, spec_lower_bounds
 from bounds.graph.interpret import run
 from bounds.graph.ir import Graph
 from bounds.ops import RULES
 from bounds.ops.relu import LeakyRelu, Relu
 from bounds.types import Interval
-from branching.bab import BaBOptions, BaBOutcome, _deciding_rows, stop_reason
+from branching.bab import BaBOptions, BaBOutcome, _deciding_rows, is_out_of_memory, shrink_batch, stop_reason
 from branching.problem import SpecTensors
 
 
@@ -34,6 +34,9 @@ class ReluDomains:
     inter: dict[str, Interval] = field(default_factory=dict)  # parent's intervals (N, *shape)
     #: topological index of the newest split's pre-activation (what changed since the parent)
     newest: torch.Tensor | None = None
+    #: the parent's optimised output-bound slopes and split multipliers (N, S, ...), keyed as
+    #: bounds.alpha.optimise_lower returns them: warm starts, any values are sound
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.case.shape[0]
@@ -42,19 +45,21 @@ class ReluDomains:
         return ReluDomains(self.case[idx], self.score[idx], self.depth[idx],
                            {k: v[idx] for k, v in self.splits.items()},
                            {k: Interval(v.lower[idx], v.upper[idx]) for k, v in self.inter.items()},
-                           None if self.newest is None else self.newest[idx])
+                           None if self.newest is None else self.newest[idx],
+                           {k: v[idx] for k, v in self.params.items()})
 
     @staticmethod
     def cat(parts: list["ReluDomains"]) -> "ReluDomains":
         parts = [p for p in parts if len(p)] or parts[:1]
         keys = set.intersection(*(set(p.inter) for p in parts))
+        pkeys = set.intersection(*(set(p.params) for p in parts))
         newest = None if any(p.newest is None for p in parts) else torch.cat([p.newest for p in parts])
         return ReluDomains(torch.cat([p.case for p in parts]), torch.cat([p.score for p in parts]),
                            torch.cat([p.depth for p in parts]),
                            {k: torch.cat([p.splits[k] for p in parts]) for k in parts[0].splits},
                            {k: Interval(torch.cat([p.inter[k].lower for p in parts]),
                                         torch.cat([p.inter[k].upper for p in parts])) for k in keys},
-                           newest)
+                           newest, {k: torch.cat([p.params[k] for p in parts]) for k in pkeys})
 
     def pop_worst(self, k: int) -> tuple["ReluDomains", "ReluDomains"]:
         if len(self) <= k:
@@ -126,13 +131,72 @@ def _solve_leaf(graph: Graph, problem: SpecTensors, domains: ReluDomains, i: int
     return "unsat", None
 
 
+def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed: set[str], order: dict[str, int],
+                 options: BaBOptions, beta_options: AlphaOptions, deadline):
+    """Bound a batch of sub-problems: CROWN first, then beta-CROWN on those still open.
+
+    Returns None when every sub-problem is refuted (or infeasible), else the still-open ones:
+    (index into the batch, case boxes, intervals, lower bounds, margins, optimised
+    parameters, recorded output-bound coefficients), all restricted to the open ones.
+    """
+    device = problem.lower.device
+    frozen = None
+    if batch.inter and not options.refine_intermediate:
+        frozen = set(batch.inter)
+    elif batch.newest is not None and batch.inter:
+        first = int(batch.newest.min())
+        frozen = {name for name in batch.inter if order[name] <= first}
+    computed: dict[str, Interval] = {}
+    box = Interval(problem.lower[batch.case], problem.upper[batch.case])
+    C = problem.C[batch.case]
+    lower = spec_lower_bounds(graph, box, C, "crown", bounds=computed,
+                              prior=batch.inter or None, splits=batch.splits, frozen=frozen)
+    infeasible = torch.zeros(len(batch), dtype=torch.bool, device=device)
+    for name in relaxed:
+        iv = computed[name]
+        infeasible |= (iv.lower > iv.upper).reshape(iv.lower.shape[0], -1).any(1).expand(len(batch))
+    margins = problem.margins(batch.case, lower)
+    open_ = (margins <= 0) & ~infeasible
+    if not bool(open_.any()):
+        return None
+    idx = open_.nonzero().flatten()
+    n = len(idx)
+    sub_bounds = {k: Interval(_rows(v.lower, idx, len(batch)), _rows(v.upper, idx, len(batch)))
+                  for k, v in computed.items()}
+    sub_splits = {k: v[idx] for k, v in batch.splits.items()}
+    C_sub = C[idx].reshape(n, C.shape[1], *graph.output.shape)
+    # beta-CROWN: make the output bound respect the split decisions, warm-started from the parent
+    start_params = None
+    if batch.params:
+        start_params = init_alphas(graph, sub_bounds, C_sub.shape[1])
+        start_params.update({k: v[idx] for k, v in batch.params.items()})
+    best, params = optimise_lower(graph, graph.outputs[0], C_sub, sub_bounds, beta_options,
+                                  alphas=start_params, splits=sub_splits, deadline=deadline)
+    record: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        bound_with(graph, graph.outputs[0], C_sub, sub_bounds, params, sub_splits, record=record)
+    lower_sub = torch.maximum(lower[idx], best)
+    margins_sub = problem.margins(batch.case[idx], lower_sub)
+    still = margins_sub <= 0
+    if not bool(still.any()):
+        return None
+    keep = still.nonzero().flatten()
+    return (idx[keep], Interval(box.lower[idx[keep]], box.upper[idx[keep]]),
+            {k: Interval(v.lower[keep], v.upper[keep]) for k, v in sub_bounds.items()},
+            lower_sub[keep], margins_sub[keep], {k: v[keep] for k, v in params.items()},
+            {k: v[keep] for k, v in record.items()})
+
+
 def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOptions = BaBOptions(),
                    progress: Callable[[BaBOutcome, int], None] | None = None,
-                   root_bounds: dict[str, Interval] | None = None) -> BaBOutcome:
+                   root_bounds: dict[str, Interval] | None = None,
+                   root_alphas: dict[str, torch.Tensor] | None = None) -> BaBOutcome:
     """Decide the spec by splitting unstable ReLUs until every sub-problem is refuted.
 
     `root_bounds` (intervals valid on each case's whole box, e.g. from alpha-CROWN with
-    optimised intermediate layers; batch 1 or K) tighten every sub-problem.
+    optimised intermediate layers; batch 1 or K) tighten every sub-problem; `root_alphas`
+    (the output bound's slopes from the same run, (K, S, *shape)) warm-start the first
+    sub-problems, whose children then start from their parent's slopes and multipliers.
     """
     start = time.perf_counter()
     device = problem.lower.device
@@ -149,8 +213,13 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     if root_bounds is not None:
         inter = {k: Interval(v.lower.expand(K, *v.lower.shape[1:]).clone(), v.upper.expand(K, *v.upper.shape[1:]).clone())
                  for k, v in root_bounds.items() if k in relaxed}
+    warm = {}
+    if root_alphas:
+        R = problem.C.shape[1]
+        warm = {k: v.expand(K, R, *v.shape[2:]).clone() for k, v in root_alphas.items()
+                if v.dim() >= 2 and v.shape[1] == R and v.shape[0] in (1, K)}
     domains = ReluDomains(torch.arange(K, device=device), torch.full((K,), -torch.inf, device=device),
-                          torch.zeros(K, dtype=torch.long, device=device), splits, inter)
+                          torch.zeros(K, dtype=torch.long, device=device), splits, inter, None, warm)
     outcome = BaBOutcome("unsat")
     offsets, total = {}, 0
     for _, pre in layers:
@@ -164,52 +233,25 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
             break
         round_start = time.perf_counter()
         batch, domains = domains.pop_worst(batch_size)
-        frozen = None
-        if batch.newest is not None and batch.inter:
-            first = int(batch.newest.min())
-            frozen = {name for name in batch.inter if order[name] <= first}
-        computed: dict[str, Interval] = {}
-        box = Interval(problem.lower[batch.case], problem.upper[batch.case])
-        C = problem.C[batch.case]
-        lower = spec_lower_bounds(graph, box, C, "crown", bounds=computed,
-                                  prior=batch.inter or None, splits=batch.splits, frozen=frozen)
+        try:
+            bounded = _bound_round(graph, problem, batch, relaxed, order, options, beta_options, deadline)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            batch_size = shrink_batch(batch_size, exc, device)
+            domains = ReluDomains.cat([batch, domains])
+            continue
         outcome.visited += len(batch)
         outcome.max_depth = max(outcome.max_depth, int(batch.depth.max()))
-        infeasible = torch.zeros(len(batch), dtype=torch.bool, device=device)
-        for name in relaxed:
-            iv = computed[name]
-            infeasible |= (iv.lower > iv.upper).reshape(iv.lower.shape[0], -1).any(1).expand(len(batch))
-        margins = problem.margins(batch.case, lower)
-        open_ = (margins <= 0) & ~infeasible
-        if not bool(open_.any()):
+        if bounded is None:
             continue
-        idx = open_.nonzero().flatten()
+        idx, box, sub_bounds, lower_sub, margins_sub, params, record = bounded
         n = len(idx)
-        sub_bounds = {k: Interval(_rows(v.lower, idx, len(batch)), _rows(v.upper, idx, len(batch)))
-                      for k, v in computed.items()}
-        sub_splits = {k: v[idx] for k, v in batch.splits.items()}
-        C_sub = C[idx].reshape(n, C.shape[1], *graph.output.shape)
-        # beta-CROWN: make the output bound respect the split decisions
-        best, params = optimise_lower(graph, graph.outputs[0], C_sub, sub_bounds, beta_options, splits=sub_splits,
-                                      deadline=deadline)
-        record: dict[str, torch.Tensor] = {}
-        with torch.no_grad():
-            bound_with(graph, graph.outputs[0], C_sub, sub_bounds, params, sub_splits, record=record)
-        lower_sub = torch.maximum(lower[idx], best)
-        margins_sub = problem.margins(batch.case[idx], lower_sub)
-        still = margins_sub <= 0
-        if not bool(still.any()):
-            continue
-        keep = still.nonzero().flatten()
-        idx, n = idx[keep], len(keep)
-        lower_sub, margins_sub = lower_sub[keep], margins_sub[keep]
-        sub_bounds = {k: Interval(v.lower[keep], v.upper[keep]) for k, v in sub_bounds.items()}
-        record = {k: v[keep] for k, v in record.items()}
         rows = _deciding_rows(problem, batch.case[idx], lower_sub)
         # falsification: the input corner minimising the deciding row's linear bound
         A_in = record[graph.inputs[0]]
         A_row = A_in[torch.arange(n, device=device), rows]
-        corner = torch.where(A_row > 0, box.lower[idx], box.upper[idx])
+        corner = torch.where(A_row > 0, box.lower, box.upper)
         with torch.no_grad():
             y = run(graph, corner)
         hit = problem.violated(batch.case[idx], y)
@@ -219,7 +261,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
             break
         kept = ReluDomains(batch.case[idx], margins_sub, batch.depth[idx],
                            {k: v[idx] for k, v in batch.splits.items()},
-                           {k: sub_bounds[k] for k in relaxed})
+                           {k: sub_bounds[k] for k in relaxed}, None, params)
         scores = _branch_scores(layers, kept.inter, record, kept.splits, rows)
         leaves = scores.max(1).values < 0
         if bool(leaves.any()):
@@ -256,7 +298,8 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
                     rows_here = here.nonzero().flatten()
                     new_splits[pre][rows_here, best[rows_here] - off] = sign
                     newest[rows_here] = order[pre]
-            children.append(ReluDomains(kept.case, kept.score, kept.depth + 1, new_splits, kept.inter, newest))
+            children.append(ReluDomains(kept.case, kept.score, kept.depth + 1, new_splits, kept.inter, newest,
+                                        kept.params))
         domains = ReluDomains.cat([domains, *children])
         outcome.worst_margin = float(margins_sub.min())
         last_round = time.perf_counter() - round_start

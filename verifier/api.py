@@ -410,15 +410,17 @@ class _Run:
         else:
             kind = "ReLU splitting"
             t = time.monotonic()
+            root_alphas: dict[str, torch.Tensor] = {}
             lower, root = optimise_all(graph, Interval(problem.lower, problem.upper), problem.C,
-                                       self.options.alpha, self.deadline.within(0.25 * self.deadline.remaining()))
+                                       self.options.alpha, self.deadline.within(0.25 * self.deadline.remaining()),
+                                       final_alphas=root_alphas)
             self.timed("alpha-crown", t)
             refuted = problem.refuted(torch.arange(problem.n_cases, device=problem.lower.device), lower)
             if bool(refuted.all()):
                 margin = float(problem.margins(torch.arange(problem.n_cases, device=problem.lower.device), lower).min())
                 return self.result(Outcome.UNSAT, "alpha-crown", "alpha-CROWN (intermediate layers optimised) "
                                    f"refutes every output polytope; smallest margin {margin:.4g}", best_bound=margin)
-            outcome = relu_split_bab(graph, problem, self.deadline, self.options.bab, progress, root)
+            outcome = relu_split_bab(graph, problem, self.deadline, self.options.bab, progress, root, root_alphas)
         self.details["bab"] = {"kind": kind, "visited": outcome.visited, "max_depth": outcome.max_depth,
                                "seconds": round(outcome.elapsed, 3)}
         if outcome.status == "unsat":

@@ -1,0 +1,80 @@
+"""The ReLU branch-and-bound engine: warm starts and out-of-memory back-off keep verdicts exact."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import branching.relu_split as relu_split
+from bounds.alpha import AlphaOptions, optimise_all
+from bounds.types import Interval
+from branching.bab import BaBOptions, is_out_of_memory
+from branching.milp import verify_milp
+from branching.problem import SpecTensors
+from tests.bounds.random_graphs import random_mlp
+from tests.branching.test_bab_vs_milp import _Deadline, _random_spec
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("refine", [False, True])
+def test_warm_started_relu_bab_agrees_with_milp(seed: int, refine: bool) -> None:
+    graph = random_mlp(300 + seed, width=8, depth=3, n_in=4, n_out=3, acts=["Relu"])
+    spec = _random_spec(graph, seed)
+    exact, _, best = verify_milp(graph, spec, time_limit=30)
+    if abs(best) < 1e-4:
+        pytest.skip("borderline: the MILP optimum is within solver tolerance of 0")
+    problem = SpecTensors.from_spec(spec, graph.input.shape)
+    alphas: dict[str, torch.Tensor] = {}
+    _, root = optimise_all(graph, Interval(problem.lower, problem.upper), problem.C,
+                           AlphaOptions(iterations=5, stop_above=None), final_alphas=alphas)
+    assert alphas, "optimise_all hands back the output bound's slopes"
+    outcome = relu_split.relu_split_bab(graph, problem, _Deadline(30), BaBOptions(refine_intermediate=refine),
+                                        root_bounds=root, root_alphas=alphas)
+    if exact == "sat" and outcome.status == "unknown":
+        return
+    assert outcome.status == exact, f"ReLU BaB says {outcome.status}, MILP says {exact} (t*={best})"
+
+
+def _needs_splitting():
+    """A small problem whose search visits more than one sub-problem."""
+    for seed in range(40):
+        graph = random_mlp(7 + seed, width=10, depth=3, n_in=4, n_out=3, acts=["Relu"])
+        spec = _random_spec(graph, seed)
+        exact, _, best = verify_milp(graph, spec, time_limit=30)
+        if exact != "unsat" or abs(best) < 1e-4:
+            continue
+        problem = SpecTensors.from_spec(spec, graph.input.shape)
+        if relu_split.relu_split_bab(graph, problem, _Deadline(30)).visited > 3:
+            return graph, problem
+    pytest.skip("no random problem needed splitting")
+
+
+def test_out_of_memory_halves_the_batch_and_loses_nothing(monkeypatch) -> None:
+    graph, problem = _needs_splitting()
+    real = relu_split._bound_round
+    sizes: list[int] = []
+
+    def flaky(graph, problem, batch, *args, **kwargs):
+        sizes.append(len(batch))
+        if len(batch) > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(graph, problem, batch, *args, **kwargs)
+
+    monkeypatch.setattr(relu_split, "_bound_round", flaky)
+    outcome = relu_split.relu_split_bab(graph, problem, _Deadline(30), BaBOptions(batch_size=64))
+    assert max(sizes) > 1, "the batch that ran out of memory was retried smaller"
+    assert outcome.status == "unsat", outcome
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_other_errors_are_not_swallowed(monkeypatch) -> None:
+    graph = random_mlp(8, width=6, depth=2, n_in=3, n_out=2, acts=["Relu"])
+    spec = _random_spec(graph, 1)
+    problem = SpecTensors.from_spec(spec, graph.input.shape)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(relu_split, "_bound_round", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        relu_split.relu_split_bab(graph, problem, _Deadline(30))
