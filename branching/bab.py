@@ -32,6 +32,8 @@ class BaBOptions:
     #: sub-problem, several times slower); otherwise the parent's bounds are kept, clamped by
     #: the splits, and the split multipliers (beta) carry the decisions to the output bound
     refine_intermediate: bool = False
+    #: seconds between attacks started from the most promising open sub-problems' points
+    falsify_every: float = 2.0
 
 
 @dataclass

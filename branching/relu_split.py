@@ -190,13 +190,18 @@ def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed
 def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOptions = BaBOptions(),
                    progress: Callable[[BaBOutcome, int], None] | None = None,
                    root_bounds: dict[str, Interval] | None = None,
-                   root_alphas: dict[str, torch.Tensor] | None = None) -> BaBOutcome:
+                   root_alphas: dict[str, torch.Tensor] | None = None,
+                   falsify: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int] | None] | None = None
+                   ) -> BaBOutcome:
     """Decide the spec by splitting unstable ReLUs until every sub-problem is refuted.
 
     `root_bounds` (intervals valid on each case's whole box, e.g. from alpha-CROWN with
     optimised intermediate layers; batch 1 or K) tighten every sub-problem; `root_alphas`
     (the output bound's slopes from the same run, (K, S, *shape)) warm-start the first
     sub-problems, whose children then start from their parent's slopes and multipliers.
+    `falsify(points, cases)`, called every `options.falsify_every` seconds with the input
+    points that minimise the worst open sub-problems' deciding rows, may return a violating
+    (x, case) found around them (e.g. by PGD); the search then stops with `sat`.
     """
     start = time.perf_counter()
     device = problem.lower.device
@@ -228,6 +233,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     batch_size = max(1, options.batch_size // 8)
     beta_options = AlphaOptions(iterations=options.beta_iterations, lr=0.05, stop_above=None)
     last_round = 0.0
+    last_attack = time.perf_counter()
     while len(domains):
         if stop_reason(outcome, deadline, len(domains), options, last_round):
             break
@@ -259,6 +265,13 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
             first = hit.nonzero()[0, 0]
             outcome.status, outcome.witness, outcome.witness_case = "sat", corner[first], int(batch.case[idx][first])
             break
+        if falsify is not None and time.perf_counter() - last_attack > options.falsify_every:
+            worst = torch.argsort(margins_sub)[:16]
+            found = falsify(corner[worst], batch.case[idx][worst])
+            last_attack = time.perf_counter()
+            if found is not None:
+                outcome.status, outcome.witness, outcome.witness_case = "sat", found[0], found[1]
+                break
         kept = ReluDomains(batch.case[idx], margins_sub, batch.depth[idx],
                            {k: v[idx] for k, v in batch.splits.items()},
                            {k: sub_bounds[k] for k in relaxed}, None, params)

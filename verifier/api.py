@@ -55,9 +55,11 @@ CROSSCHECK_POINTS = 4
 
 
 class _Timeout(Exception):
-    def __init__(self, during: str) -> None:
+    def __init__(self, during: str, best_bound: float | None = None, details: dict | None = None) -> None:
         super().__init__(during)
         self.during = during
+        self.best_bound = best_bound
+        self.details = details or {}
 
 
 # ----------------------------------------------------------------------------------------
@@ -125,6 +127,8 @@ class _Run:
     margins: list[list[float]] | None = None
     bound_error: str = ""
     attack_loss: dict[tuple[int, int], float] = field(default_factory=dict)
+    open_targets: atk.Targets | None = None
+    found_during_bab: Result | None = None
 
     # ---- helpers -----------------------------------------------------------------------
     def result(self, outcome: Outcome, stage: str, message: str, **kw: Any) -> Result:
@@ -364,6 +368,7 @@ class _Run:
         t = time.monotonic()
         keep = [i for i in range(targets.count) if (targets.case[i], targets.polytope[i]) in open_keys]
         open_targets = targets.subset(keep)
+        self.open_targets = open_targets
         complete = (self.options.branch_and_bound and self.margins is not None
                     and (self.input_split_applies() or self.relu_split_applies()))
         budget = None
@@ -391,6 +396,31 @@ class _Run:
 
     def relu_split_applies(self) -> bool:
         return any(node.op in ("Relu", "LeakyRelu") for node in self.graph.nodes)
+
+    def falsify_from(self, points: torch.Tensor, cases: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+        """A short PGD started at points that branch and bound found promising (one per case
+        at most); a replayed counterexample as (x, case), or None."""
+        targets = self.open_targets
+        if targets is None or targets.count == 0:
+            return None
+        first: dict[int, int] = {}
+        for i, k in enumerate(cases.tolist()):
+            first.setdefault(int(k), i)
+        chosen = [t for t in range(targets.count) if targets.case[t] in first]
+        if not chosen:
+            return None
+        sub = targets.subset(chosen)
+        starts = torch.stack([points[first[targets.case[t]]].reshape(-1) for t in chosen]).to(sub.lower)
+        opts = dataclasses.replace(self.options.attack, pgd_steps=30, pgd_restarts=4)
+        budget = self.deadline.within(min(1.0, 0.05 * self.deadline.remaining()))
+        res = atk.pgd(self.graph, sub, opts, self.gen, budget, starts=starts, scale=0.3)
+        self.record_attack(sub, res)
+        found = self.try_candidates(res.candidates)
+        if found is None:
+            return None
+        self.found_during_bab = found
+        x = torch.as_tensor(found.witness_x, dtype=self.bound_dtype, device=self.device)
+        return x.reshape(self.bound_graph.input.shape), int(found.details["violated"]["case"])
 
     def branch_and_bound(self) -> Result | None:
         """Input-splitting BaB over every case; a verdict, or None (then `unknown`)."""
@@ -420,12 +450,15 @@ class _Run:
                 margin = float(problem.margins(torch.arange(problem.n_cases, device=problem.lower.device), lower).min())
                 return self.result(Outcome.UNSAT, "alpha-crown", "alpha-CROWN (intermediate layers optimised) "
                                    f"refutes every output polytope; smallest margin {margin:.4g}", best_bound=margin)
-            outcome = relu_split_bab(graph, problem, self.deadline, self.options.bab, progress, root, root_alphas)
+            outcome = relu_split_bab(graph, problem, self.deadline, self.options.bab, progress, root, root_alphas,
+                                     falsify=self.falsify_from)
         self.details["bab"] = {"kind": kind, "visited": outcome.visited, "max_depth": outcome.max_depth,
                                "seconds": round(outcome.elapsed, 3)}
         if outcome.status == "unsat":
             return self.result(Outcome.UNSAT, "bab", f"{kind} refuted every output polytope "
                                f"({outcome.visited} sub-problems, depth {outcome.max_depth})", best_bound=0.0)
+        if outcome.status == "sat" and self.found_during_bab is not None:
+            return self.found_during_bab
         if outcome.status == "sat" and outcome.witness is not None:
             x = outcome.witness.reshape(-1).double().cpu().numpy()
             with torch.no_grad():
@@ -433,7 +466,7 @@ class _Run:
             cand = atk.Candidate(x=x, y=y, case=outcome.witness_case, polytope=0, loss=0.0, stage="bab")
             return self.try_candidates([cand])
         if outcome.status == "timeout":
-            raise _Timeout("branch and bound")
+            raise _Timeout("branch and bound", outcome.worst_margin, {"bab": self.details["bab"]})
         self.details["bab"]["notes"] = outcome.notes
         return None
 
@@ -537,6 +570,9 @@ def verify(model: ModelLike, spec: SpecLike, *, options: VerifyOptions | None = 
         run.check("loading")
         return run.run()
     except _Timeout as exc:
-        details = {"during": exc.during, "timings": run.timings}
+        details = {"during": exc.during, "timings": run.timings, **exc.details}
+        message = f"the time limit of {options.timeout:g} s ran out during {exc.during}"
+        if exc.best_bound is not None:
+            message += f"; the open sub-problems' worst bound margin was {exc.best_bound:.4g} (needs > 0)"
         return Result(Outcome.TIMEOUT, time_s=deadline.elapsed(), instance=instance, details=details,
-                      message=f"the time limit of {options.timeout:g} s ran out during {exc.during}")
+                      message=message, best_bound=exc.best_bound)

@@ -78,3 +78,31 @@ def test_other_errors_are_not_swallowed(monkeypatch) -> None:
     monkeypatch.setattr(relu_split, "_bound_round", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         relu_split.relu_split_bab(graph, problem, _Deadline(30))
+
+
+def test_falsify_callback_gets_promising_points_and_can_end_the_search() -> None:
+    from bounds.graph.interpret import run
+
+    for seed in range(40):
+        graph = random_mlp(500 + seed, width=8, depth=3, n_in=4, n_out=3, acts=["Relu"])
+        spec = _random_spec(graph, seed)
+        exact, x_star, best = verify_milp(graph, spec, time_limit=30)
+        if exact == "sat" and best < -1e-3:
+            break
+    else:
+        pytest.skip("no clearly sat random problem")
+    problem = SpecTensors.from_spec(spec, graph.input.shape)
+    calls: list[tuple[torch.Size, torch.Size]] = []
+
+    def falsify(points: torch.Tensor, cases: torch.Tensor):
+        calls.append((points.shape, cases.shape))
+        assert points.shape[0] == cases.shape[0] and points.shape[1:] == tuple(graph.input.shape)
+        assert bool(((points >= problem.lower[cases]) & (points <= problem.upper[cases])).all())
+        return torch.as_tensor(x_star, dtype=problem.lower.dtype).reshape(graph.input.shape), 0
+
+    outcome = relu_split.relu_split_bab(graph, problem, _Deadline(30), BaBOptions(falsify_every=0.0),
+                                        falsify=falsify)
+    assert outcome.status == "sat"
+    if calls:  # the corner search may win first; when the callback ran, its point is the witness
+        y = run(graph, outcome.witness.unsqueeze(0)).reshape(-1).double().numpy()
+        assert spec.is_violated_by(outcome.witness.reshape(-1).double().numpy(), y)
