@@ -12,6 +12,7 @@ from bounds.types import Interval
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 def spatial_pads(node, x_spatial: list[int], kernel: list[int], strides: list[int],
@@ -71,6 +72,38 @@ class Conv(LinearRule):
         w = xs[1][0]
         b = xs[2][0] if len(xs) > 2 and xs[2] is not None else None
         return self._conv(node, xs[0], w, b)
+
+    def backward(self, node, A, xs, is_const):
+        """The transposed convolution applied to A directly: the generic vector-Jacobian
+        product would run a forward and a backward convolution per call."""
+        if not is_const[1] or (len(xs) > 2 and not is_const[2]) or is_const[0]:
+            return super().backward(node, A, xs, is_const)
+        w = xs[1].lower[0].to(A.dtype)
+        n = w.dim() - 2
+        in_shape = xs[0].lower.shape[1:]                       # (N, C_in, *spatial)
+        strides = list(node.attrs.get("strides", [1] * n))
+        dil = list(node.attrs.get("dilations", [1] * n))
+        spatial = list(in_shape[-n:])
+        pads = spatial_pads(node, spatial, list(w.shape[2:]), strides, dil)
+        B, S = A.shape[:2]
+        out_spatial = list(A.shape[-n:])
+        flat = A.reshape(-1, *A.shape[-(n + 1):])
+        padded = [size + pads[i] + pads[i + n] for i, size in enumerate(spatial)]
+        extra = [p - ((o - 1) * s + d * (k - 1) + 1)
+                 for p, o, s, d, k in zip(padded, out_spatial, strides, dil, w.shape[2:])]
+        if any(e < 0 or e >= max(s, d) for e, s, d in zip(extra, strides, dil)):
+            return super().backward(node, A, xs, is_const)
+        grad = _CONV_T[n](flat, w, None, stride=strides, padding=0, output_padding=extra,
+                          groups=node.attrs.get("group", 1), dilation=dil)
+        index = [slice(None), slice(None)] + [slice(pads[i], pads[i] + spatial[i]) for i in range(n)]
+        grad = grad[tuple(index)]
+        new_A = grad.reshape(B, S, *in_shape)
+        if len(xs) > 2 and xs[2] is not None:
+            b = xs[2].lower[0].to(A.dtype).reshape(-1, *([1] * n))
+            bias = (A * b).flatten(2).sum(-1)
+        else:
+            bias = A.new_zeros(B, S)
+        return [new_A, None, None][: len(xs)], bias
 
     def ibp(self, node, xs):
         w = xs[1].lower[0]
