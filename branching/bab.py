@@ -34,6 +34,9 @@ class BaBOptions:
     refine_intermediate: bool = False
     #: seconds between attacks started from the most promising open sub-problems' points
     falsify_every: float = 2.0
+    #: networks with at most this many unstable ReLUs after alpha-CROWN are decided by one
+    #: exact MILP per open polytope instead of branching (0: never)
+    milp_max_unstable: int = 12
 
 
 @dataclass

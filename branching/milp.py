@@ -22,6 +22,11 @@ from bounds.types import Interval
 from specs import Spec, SpecCase
 
 
+#: a MILP/LP refutes a polytope only when its proven lower bound on t* exceeds this, which
+#: covers HiGHS's feasibility tolerances (1e-9) with room to spare
+MILP_SLACK = 1e-6
+
+
 @dataclass(frozen=True)
 class PolytopeOptimum:
     case: int
@@ -29,6 +34,9 @@ class PolytopeOptimum:
     value: float | None            # t*, None when the solver gave no optimum
     x: np.ndarray | None           # input attaining it (flat)
     status: str
+    #: a proven lower bound on t* (the MIP dual bound; t* itself for an LP): only this may
+    #: refute the polytope, since a MIP stops within its gap above the true optimum
+    lower: float | None = None
 
 
 def _linear_map(node, xs_shapes, consts, var_positions):
@@ -165,6 +173,7 @@ def _solve(lbs, ubs, integer, rows, t, n_in, case, polytope_index, time_limit) -
     h.setOptionValue("time_limit", float(time_limit))
     h.setOptionValue("mip_feasibility_tolerance", 1e-9)
     h.setOptionValue("primal_feasibility_tolerance", 1e-9)
+    h.setOptionValue("mip_rel_gap", 1e-6)
     n = len(lbs)
     inf = highspy.kHighsInf
     h.addVars(n, np.array([max(v, -inf) for v in lbs]), np.array([min(v, inf) for v in ubs]))
@@ -179,16 +188,20 @@ def _solve(lbs, ubs, integer, rows, t, n_in, case, polytope_index, time_limit) -
     status = h.getModelStatus()
     name = h.modelStatusToString(status)
     if status == highspy.HighsModelStatus.kInfeasible:  # no input reaches this region at all
-        return PolytopeOptimum(-1, polytope_index, np.inf, None, name)
+        return PolytopeOptimum(-1, polytope_index, np.inf, None, name, np.inf)
     if status != highspy.HighsModelStatus.kOptimal:
         return PolytopeOptimum(-1, polytope_index, None, None, name)
     sol = np.array(h.getSolution().col_value)
-    return PolytopeOptimum(-1, polytope_index, float(sol[t]), sol[:n_in].copy(), name)
+    lower = float(h.getInfo().mip_dual_bound) if integer else float(sol[t])
+    return PolytopeOptimum(-1, polytope_index, float(sol[t]), sol[:n_in].copy(), name, min(lower, float(sol[t])))
 
 
 def verify_milp(graph: Graph, spec: Spec, time_limit: float = 60.0) -> tuple[str, np.ndarray | None, float]:
-    """('sat'|'unsat'|'unknown', witness x, smallest t*) over every case and polytope."""
+    """('sat'|'unsat'|'unknown', witness x, smallest t*) over every case and polytope.
+
+    `unsat` needs every polytope's proven lower bound above 0 (not only the incumbent)."""
     best = np.inf
+    verdict = "unsat"
     for k, case in enumerate(spec.cases):
         for p in range(len(case.polytopes)):
             res = build_and_solve(graph, case, p, time_limit)
@@ -197,4 +210,55 @@ def verify_milp(graph: Graph, spec: Spec, time_limit: float = 60.0) -> tuple[str
             best = min(best, res.value)
             if res.value <= 0:
                 return "sat", res.x, best
-    return "unsat", None, best
+            if not (res.lower is not None and res.lower > MILP_SLACK):
+                verdict = "unknown"
+    return verdict, None, best
+
+
+def milp_encodable(graph: Graph) -> bool:
+    """True when every node is linear or a ReLU / LeakyReLU (slope <= 1): the MILP is exact."""
+    for node in graph.nodes:
+        if node.op in (CONSTANT, INPUT):
+            continue
+        rule = RULES.get(node.op)
+        if isinstance(rule, (Relu, LeakyRelu)):
+            if isinstance(rule, LeakyRelu) and float(node.attrs.get("alpha", 0.01)) > 1:
+                return False
+            continue
+        if not isinstance(rule, LinearRule) or rule.needs_input_bounds:
+            return False
+    return True
+
+
+def unstable_relus(graph: Graph, bounds: dict[str, Interval]) -> int:
+    """Most unstable ReLU-like neurons (interval straddling 0) of any batch entry."""
+    total = None
+    for node in graph.nodes:
+        if isinstance(RULES.get(node.op), (Relu, LeakyRelu)) and node.inputs[0] in bounds:
+            iv = bounds[node.inputs[0]]
+            n = iv.lower.shape[0]
+            count = ((iv.lower < 0) & (iv.upper > 0)).reshape(n, -1).sum(1)
+            total = count if total is None else total + count
+    return 0 if total is None else int(total.max())
+
+
+def exact_search(graph: Graph, spec: Spec, bounds: dict[str, Interval], deadline,
+                 skip: set[tuple[int, int]] = frozenset()) -> tuple[str, int, np.ndarray | None, list[str]]:
+    """Decide every (case, polytope) not in `skip` by one MILP each, with `bounds` (batch 1 or
+    one entry per case) as the big-M intervals. Returns (verdict, case, witness x, notes)."""
+    g64 = graph
+    for k, case in enumerate(spec.cases):
+        per_case = {name: Interval(iv.lower[min(k, iv.lower.shape[0] - 1)].unsqueeze(0).double(),
+                                   iv.upper[min(k, iv.upper.shape[0] - 1)].unsqueeze(0).double())
+                    for name, iv in bounds.items()}
+        for p in range(len(case.polytopes)):
+            if (k, p) in skip:
+                continue
+            if deadline.expired():
+                return "timeout", k, None, []
+            res = build_and_solve(g64, case, p, time_limit=max(0.01, deadline.remaining()), bounds=per_case)
+            if res.value is not None and res.value <= 0:
+                return "sat", k, res.x, []
+            if res.value is None or res.lower is None or not res.lower > MILP_SLACK:
+                return "unknown", k, None, [f"the MILP of case {k} polytope {p} ended {res.status}"]
+    return "unsat", 0, None, []

@@ -108,7 +108,7 @@ def _branch_scores(layers, bounds: dict[str, Interval], record: dict[str, torch.
 def _solve_leaf(graph: Graph, problem: SpecTensors, domains: ReluDomains, i: int,
                 bounds: dict[str, Interval], deadline) -> tuple[str, torch.Tensor | None]:
     """Decide one fully split sub-problem exactly (an LP, solved by HiGHS in float64)."""
-    from branching.milp import build_and_solve
+    from branching.milp import MILP_SLACK, build_and_solve
     from specs import Polytope, SpecCase
 
     k = int(domains.case[i])
@@ -128,6 +128,8 @@ def _solve_leaf(graph: Graph, problem: SpecTensors, domains: ReluDomains, i: int
             return "unknown", None
         if res.value <= 0:
             return "sat", torch.tensor(res.x, dtype=problem.lower.dtype)
+        if res.lower is None or not res.lower > MILP_SLACK:
+            return "unknown", None
     return "unsat", None
 
 

@@ -25,6 +25,7 @@ import torch
 from bounds.crown import spec_lower_bounds
 from bounds.graph.interpret import run as run_graph
 from branching.bab import BaBOutcome, input_split_bab
+from branching.milp import exact_search, milp_encodable, unstable_relus
 from branching.relu_split import relu_split_bab
 from bounds.alpha import optimise_all
 from branching.problem import SpecTensors, round_outward
@@ -422,6 +423,32 @@ class _Run:
         x = torch.as_tensor(found.witness_x, dtype=self.bound_dtype, device=self.device)
         return x.reshape(self.bound_graph.input.shape), int(found.details["violated"]["case"])
 
+    def small_network_milp(self, graph: Graph, root: dict[str, Interval], refuted: torch.Tensor) -> Result | None:
+        """Few unstable ReLUs left after alpha-CROWN: one exact MILP per open polytope is
+        cheaper than branching. A verdict, or None to go on with branch and bound."""
+        limit = self.options.bab.milp_max_unstable
+        if limit <= 0 or not milp_encodable(graph) or unstable_relus(graph, root) > limit:
+            return None
+        t = time.monotonic()
+        skip = {(k, p) for k, p in refuted.nonzero().tolist()}
+        verdict, case, x, notes = exact_search(graph, self.spec, root, self.deadline, skip)
+        self.timed("milp", t)
+        self.details["milp"] = {"verdict": verdict, "notes": notes}
+        if verdict == "unsat":
+            return self.result(Outcome.UNSAT, "milp", "an exact MILP (HiGHS) over the alpha-CROWN intervals "
+                               "refutes every open output polytope", best_bound=0.0)
+        if verdict == "sat" and x is not None:
+            with torch.no_grad():
+                xt = torch.as_tensor(x, dtype=self.bound_dtype, device=self.device).reshape(1, *graph.input.shape)
+                y = run_graph(graph, xt).reshape(-1).double().cpu().numpy()
+            found = self.try_candidates([atk.Candidate(x=np.asarray(x, dtype=np.float64), y=y, case=case,
+                                                       polytope=0, loss=0.0, stage="milp")])
+            if found is not None:
+                return found
+        if verdict == "timeout":
+            raise _Timeout("the exact MILP")
+        return None
+
     def branch_and_bound(self) -> Result | None:
         """Input-splitting BaB over every case; a verdict, or None (then `unknown`)."""
         graph = self.bound_graph
@@ -450,6 +477,9 @@ class _Run:
                 margin = float(problem.margins(torch.arange(problem.n_cases, device=problem.lower.device), lower).min())
                 return self.result(Outcome.UNSAT, "alpha-crown", "alpha-CROWN (intermediate layers optimised) "
                                    f"refutes every output polytope; smallest margin {margin:.4g}", best_bound=margin)
+            exact = self.small_network_milp(graph, root, refuted)
+            if exact is not None:
+                return exact
             outcome = relu_split_bab(graph, problem, self.deadline, self.options.bab, progress, root, root_alphas,
                                      falsify=self.falsify_from)
         self.details["bab"] = {"kind": kind, "visited": outcome.visited, "max_depth": outcome.max_depth,

@@ -106,3 +106,23 @@ def test_falsify_callback_gets_promising_points_and_can_end_the_search() -> None
     if calls:  # the corner search may win first; when the callback ran, its point is the witness
         y = run(graph, outcome.witness.unsqueeze(0)).reshape(-1).double().numpy()
         assert spec.is_violated_by(outcome.witness.reshape(-1).double().numpy(), y)
+
+
+def test_small_networks_are_decided_by_the_exact_milp() -> None:
+    """> 16 inputs (no input splitting) and a dozen ReLUs: the verifier hands the open
+    polytopes to one MILP each, and its verdicts equal the reference MILP's."""
+    from verifier import VerifyOptions, verify
+
+    stages = []
+    for seed in range(10):
+        graph = random_mlp(900 + seed, width=6, depth=2, n_in=20, n_out=3, acts=["Relu"])
+        spec = _random_spec(graph, seed)
+        exact, _, best = verify_milp(graph, spec, time_limit=30)
+        if abs(best) < 1e-4:
+            continue
+        res = verify(graph, spec, options=VerifyOptions(timeout=60))
+        assert res.outcome.word in ("sat", "unsat", exact), res.summary()
+        if res.outcome.word in ("sat", "unsat"):
+            assert res.outcome.word == exact, (seed, res.summary())
+        stages.append(res.stage)
+    assert "milp" in stages, stages
