@@ -37,6 +37,15 @@ class BaBOptions:
     #: networks with at most this many unstable ReLUs after alpha-CROWN are decided by one
     #: exact MILP per open polytope instead of branching (0: never)
     milp_max_unstable: int = 12
+    #: neuron choice: "babsr" (a cheap estimate from the output bound's coefficients) or
+    #: "fsb" (filtered smart branching: the best `fsb_candidates` by that estimate are tried
+    #: by bounding both children once, and the one whose worse child is best wins)
+    branching: str = "fsb"
+    fsb_candidates: int = 4
+
+    def __post_init__(self) -> None:
+        if self.branching not in ("babsr", "fsb"):
+            raise ValueError(f"BaBOptions.branching must be 'babsr' or 'fsb', got {self.branching!r}")
 
 
 @dataclass
@@ -66,6 +75,31 @@ def stop_reason(outcome: BaBOutcome, deadline, waiting: int, options: BaBOptions
         outcome.notes.append(f"more than {options.max_domains} open sub-problems")
         return True
     return False
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on the device (physical memory on the CPU)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def memory_batch_size(graph: Graph, rows: int, dtype: torch.dtype, device: torch.device, cap: int,
+                      share: float = 0.25) -> int:
+    """Sub-problems per batch such that one backward pass's coefficient matrices (about ten
+    live copies of rows x the widest value) fit in `share` of the free memory; at most `cap`."""
+    import math
+
+    widest = max((math.prod(n.shape) for n in graph.nodes if n.shape and not n.is_constant), default=1)
+    per_domain = 10 * max(1, rows) * widest * torch.finfo(dtype).bits // 8
+    fit = int(share * available_memory(device)) // max(1, per_domain)
+    return max(1, min(cap, fit))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -104,7 +138,7 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
     input_name = graph.inputs[0]
     relaxed = pre_activation_nodes(graph)
     last_round = 0.0
-    batch_size = options.batch_size
+    batch_size = memory_batch_size(graph, problem.C.shape[1], problem.C.dtype, device, options.batch_size)
     while len(domains):
         if stop_reason(outcome, deadline, len(domains), options, last_round):
             break

@@ -15,13 +15,14 @@ from typing import Callable
 import torch
 
 from bounds.alpha import AlphaOptions, bound_with, init_alphas, optimise_lower
-from bounds.crown import pre_activation_nodes, spec_lower_bounds
+from bounds.crown import apply_splits, pre_activation_nodes, spec_lower_bounds
 from bounds.graph.interpret import run
 from bounds.graph.ir import Graph
 from bounds.ops import RULES
 from bounds.ops.relu import LeakyRelu, Relu
 from bounds.types import Interval
-from branching.bab import BaBOptions, BaBOutcome, _deciding_rows, is_out_of_memory, shrink_batch, stop_reason
+from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, is_out_of_memory, memory_batch_size,
+                           shrink_batch, stop_reason)
 from branching.problem import SpecTensors
 
 
@@ -103,6 +104,53 @@ def _branch_scores(layers, bounds: dict[str, Interval], record: dict[str, torch.
         score = (-a).clamp(min=0) * intercept + 1e-3 * a.abs() * intercept
         parts.append(torch.where(unstable, score + 1e-9, torch.full_like(score, -1.0)))
     return torch.cat(parts, 1)
+
+
+def _with_split(splits: dict[str, torch.Tensor], best: torch.Tensor, sign: int, layers, offsets: dict[str, int],
+                order: dict[str, int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Copies of the split decisions with candidate `best` (flat index over all layers, one
+    per sub-problem) fixed to `sign`; also each sub-problem's newest split layer."""
+    n = best.shape[0]
+    new_splits = {k: v.clone() for k, v in splits.items()}
+    newest = torch.zeros(n, dtype=torch.long, device=best.device)
+    for _, pre in layers:
+        off, width = offsets[pre], new_splits[pre].shape[1]
+        here = (best >= off) & (best < off + width)
+        if bool(here.any()):
+            rows_here = here.nonzero().flatten()
+            new_splits[pre][rows_here, best[rows_here] - off] = sign
+            newest[rows_here] = order[pre]
+    return new_splits, newest
+
+
+def _fsb_choice(graph: Graph, problem: SpecTensors, kept: ReluDomains, bounds: dict[str, Interval],
+                scores: torch.Tensor, layers,
+                offsets: dict[str, int], order: dict[str, int], k: int) -> torch.Tensor:
+    """Filtered smart branching: of the k best candidates by the cheap score, the one whose
+    worse child has the best bound, each child bounded once with the parent's parameters."""
+    n = len(kept)
+    top_val, top_idx = scores.topk(min(k, scores.shape[1]), dim=1)
+    k = top_idx.shape[1]
+    if k <= 1:
+        return scores.argmax(1)
+    variants = [_with_split(kept.splits, top_idx[:, c], sign, layers, offsets, order)[0]
+                for c in range(k) for sign in (1, -1)]
+    reps = len(variants)
+    splits = {name: torch.cat([v[name] for v in variants]) for name in kept.splits}
+    inter = {}
+    for name, iv in bounds.items():
+        rep = Interval(iv.lower.repeat(reps, *([1] * (iv.lower.dim() - 1))),
+                       iv.upper.repeat(reps, *([1] * (iv.upper.dim() - 1))))
+        inter[name] = apply_splits(rep, splits[name]) if name in splits else rep
+    params = {name: v.repeat(reps, *([1] * (v.dim() - 1))) for name, v in kept.params.items()}
+    case = kept.case.repeat(reps)
+    C = problem.C[case].reshape(len(case), problem.C.shape[1], *graph.output.shape)
+    with torch.no_grad():
+        lower = bound_with(graph, graph.outputs[0], C, inter, params, splits)
+    worse = problem.margins(case, lower).reshape(k, 2, n).amin(1)           # (k, n)
+    worse = torch.where(top_val.T >= 0, worse, torch.full_like(worse, -torch.inf))
+    pick = worse.argmax(0)
+    return top_idx[torch.arange(n, device=top_idx.device), pick]
 
 
 def _solve_leaf(graph: Graph, problem: SpecTensors, domains: ReluDomains, i: int,
@@ -232,7 +280,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     for _, pre in layers:
         offsets[pre] = total
         total += splits[pre].shape[1]
-    batch_size = max(1, options.batch_size // 8)
+    batch_size = memory_batch_size(graph, problem.C.shape[1], problem.C.dtype, device, max(1, options.batch_size // 8))
     beta_options = AlphaOptions(iterations=options.beta_iterations, lr=0.05, stop_above=None)
     last_round = 0.0
     last_attack = time.perf_counter()
@@ -298,21 +346,17 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
                 break
             rest = (~leaves).nonzero().flatten()
             kept, scores, idx = kept.take(rest), scores[rest], idx[rest]
+            sub_bounds = {k: Interval(v.lower[rest], v.upper[rest]) for k, v in sub_bounds.items()}
             if len(rest) == 0:
                 continue
-        best = scores.argmax(1)
-        n = len(best)
+        if options.branching == "fsb":
+            best = _fsb_choice(graph, problem, kept, sub_bounds, scores, layers, offsets, order,
+                               options.fsb_candidates)
+        else:
+            best = scores.argmax(1)
         children = []
         for sign in (1, -1):
-            new_splits = {k: v.clone() for k, v in kept.splits.items()}
-            newest = torch.zeros(n, dtype=torch.long, device=device)
-            for _, pre in layers:
-                off, width = offsets[pre], new_splits[pre].shape[1]
-                here = (best >= off) & (best < off + width)
-                if bool(here.any()):
-                    rows_here = here.nonzero().flatten()
-                    new_splits[pre][rows_here, best[rows_here] - off] = sign
-                    newest[rows_here] = order[pre]
+            new_splits, newest = _with_split(kept.splits, best, sign, layers, offsets, order)
             children.append(ReluDomains(kept.case, kept.score, kept.depth + 1, new_splits, kept.inter, newest,
                                         kept.params))
         domains = ReluDomains.cat([domains, *children])

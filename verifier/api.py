@@ -420,7 +420,7 @@ class _Run:
         if found is None:
             return None
         self.found_during_bab = found
-        x = torch.as_tensor(found.witness_x, dtype=self.bound_dtype, device=self.device)
+        x = torch.tensor(np.array(found.witness_x), dtype=self.bound_dtype, device=self.device)
         return x.reshape(self.bound_graph.input.shape), int(found.details["violated"]["case"])
 
     def small_network_milp(self, graph: Graph, root: dict[str, Interval], refuted: torch.Tensor) -> Result | None:

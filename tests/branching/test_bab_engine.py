@@ -126,3 +126,15 @@ def test_small_networks_are_decided_by_the_exact_milp() -> None:
             assert res.outcome.word == exact, (seed, res.summary())
         stages.append(res.stage)
     assert "milp" in stages, stages
+
+
+def test_batch_size_follows_free_memory(monkeypatch) -> None:
+    import branching.bab as bab
+
+    graph = random_mlp(1, width=50, depth=2, n_in=30, n_out=3, acts=["Relu"])
+    monkeypatch.setattr(bab, "available_memory", lambda device: 1 << 40)
+    assert bab.memory_batch_size(graph, 9, torch.float64, torch.device("cpu"), cap=64) == 64
+    monkeypatch.setattr(bab, "available_memory", lambda device: 4 * 10 * 9 * 50 * 8 * 5)
+    assert bab.memory_batch_size(graph, 9, torch.float64, torch.device("cpu"), cap=64) == 5
+    monkeypatch.setattr(bab, "available_memory", lambda device: 0)
+    assert bab.memory_batch_size(graph, 9, torch.float64, torch.device("cpu"), cap=64) == 1
