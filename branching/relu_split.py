@@ -142,7 +142,7 @@ def _fsb_choice(graph: Graph, problem: SpecTensors, kept: ReluDomains, bounds: d
         rep = Interval(iv.lower.repeat(reps, *([1] * (iv.lower.dim() - 1))),
                        iv.upper.repeat(reps, *([1] * (iv.upper.dim() - 1))))
         inter[name] = apply_splits(rep, splits[name]) if name in splits else rep
-    params = {name: v.repeat(reps, *([1] * (v.dim() - 1))) for name, v in kept.params.items()}
+    params = {name: v.to(problem.C.dtype).repeat(reps, *([1] * (v.dim() - 1))) for name, v in kept.params.items()}
     case = kept.case.repeat(reps)
     C = problem.C[case].reshape(len(case), problem.C.shape[1], *graph.output.shape)
     with torch.no_grad():
@@ -219,7 +219,7 @@ def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed
     start_params = None
     if batch.params:
         start_params = init_alphas(graph, sub_bounds, C_sub.shape[1])
-        start_params.update({k: v[idx] for k, v in batch.params.items()})
+        start_params.update({k: v[idx].to(C_sub.dtype) for k, v in batch.params.items()})
     best, params = optimise_lower(graph, graph.outputs[0], C_sub, sub_bounds, beta_options,
                                   alphas=start_params, splits=sub_splits, deadline=deadline)
     record: dict[str, torch.Tensor] = {}
@@ -233,7 +233,9 @@ def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed
     keep = still.nonzero().flatten()
     return (idx[keep], Interval(box.lower[idx[keep]], box.upper[idx[keep]]),
             {k: Interval(v.lower[keep], v.upper[keep]) for k, v in sub_bounds.items()},
-            lower_sub[keep], margins_sub[keep], {k: v[keep] for k, v in params.items()},
+            # warm starts need no precision: any slopes and multipliers are sound, so they are
+            # kept in float32 (half the memory and copying of float64 in the queue)
+            lower_sub[keep], margins_sub[keep], {k: v[keep].float() for k, v in params.items()},
             {k: v[keep] for k, v in record.items()})
 
 
@@ -271,7 +273,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     warm = {}
     if root_alphas:
         R = problem.C.shape[1]
-        warm = {k: v.expand(K, R, *v.shape[2:]).clone() for k, v in root_alphas.items()
+        warm = {k: v.expand(K, R, *v.shape[2:]).float().clone() for k, v in root_alphas.items()
                 if v.dim() >= 2 and v.shape[1] == R and v.shape[0] in (1, K)}
     domains = ReluDomains(torch.arange(K, device=device), torch.full((K,), -torch.inf, device=device),
                           torch.zeros(K, dtype=torch.long, device=device), splits, inter, None, warm)
