@@ -59,11 +59,15 @@ class SShaped(ActivationRule):
         d_up = self._tangent_through(torch.minimum(l, torch.zeros_like(l)), torch.maximum(u, torch.zeros_like(u)), True)
         # tangent at u below f(l): the tangent point through l lies beyond u, so the chord is valid
         use_chord = self.f(u) + self.df(u) * (l - u) - fl < 0
+        # every tangent point in [d_up, u] gives a valid upper line; the steepest (d_up) is
+        # tight only near l, so move it to the midpoint when that lies further right
+        d_up = torch.minimum(torch.maximum(d_up, mid), torch.maximum(u, torch.zeros_like(u)))
         up_cross_w = torch.where(use_chord, chord_w, self.df(d_up))
         up_cross_b = torch.where(use_chord, chord_b, self.f(d_up) - self.df(d_up) * d_up)
         # lower bound
         d_lo = self._tangent_through(torch.maximum(u, torch.zeros_like(u)), torch.minimum(l, torch.zeros_like(l)), False)
         use_chord = self.f(l) + self.df(l) * (u - l) - fu > 0
+        d_lo = torch.maximum(torch.minimum(d_lo, mid), torch.minimum(l, torch.zeros_like(l)))
         lo_cross_w = torch.where(use_chord, chord_w, self.df(d_lo))
         lo_cross_b = torch.where(use_chord, chord_b, self.f(d_lo) - self.df(d_lo) * d_lo)
 

@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""alpha-CROWN side by side with auto_LiRPA (if importable) on the same networks and specs.
+
+Both optimise every layer's slopes for the spec's rows with the same number of iterations
+(each with its own default step sizes); reported: the worst row's lower bound margin
+(higher is tighter) and wall time, measured in one process, alternating the two tools.
+
+    python benchmarks/compare_alpha_crown.py --iterations 20
+    (auto_LiRPA is not a dependency: run with an interpreter where it is installed and this
+    repository is on PYTHONPATH; without it only our figures are printed)
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bounds.alpha import AlphaOptions, optimise_all
+from bounds.graph.ir import Graph, graph_to
+from bounds.graph.onnx_import import load_onnx
+from bounds.types import Interval
+from branching.problem import SpecTensors
+from specs import parse_vnnlib
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+DEFAULT_PAIRS = [
+    ("mnist_fc", "mnist-net_256x2.onnx", "prop_1_0.03.vnnlib"),
+    ("mnist_fc", "mnist-net_256x4.onnx", "prop_1_0.03.vnnlib"),
+    ("mnist_fc", "mnist-net_256x6.onnx", "prop_1_0.03.vnnlib"),
+    ("eran_mnist_sigmoid_relu", "ffnnSIGMOID__Point_6x200.onnx", None),
+    ("eran_mnist_sigmoid_relu", "mnist_relu_9_200.onnx", None),
+]
+
+
+class GraphModule(torch.nn.Module):
+    """Our IR as plain torch ops (MLPs: Gemm/MatMul/Add/Sub/Mul/Div, Relu/Sigmoid/Tanh,
+    Flatten/Reshape), so that another library can trace it."""
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__()
+        self.graph = graph
+        self.consts = torch.nn.ParameterDict()
+        for node in graph.nodes:
+            if node.is_constant:
+                self.consts[node.name.replace(".", "_")] = torch.nn.Parameter(node.value.float(), requires_grad=False)
+
+    def forward(self, x):
+        env = {self.graph.inputs[0]: x.reshape(1, *self.graph.input.shape[1:])}
+        for node in self.graph.nodes:
+            if node.is_constant:
+                env[node.name] = self.consts[node.name.replace(".", "_")]
+                continue
+            if node.op == "Input":
+                continue
+            a = [env[i] for i in node.inputs]
+            op = node.op
+            if op == "Gemm":
+                w = a[1].t() if node.attrs.get("transB", 0) else a[1]
+                y = a[0] @ w
+                env[node.name] = y + a[2] if len(a) > 2 else y
+            elif op == "MatMul":
+                env[node.name] = a[0] @ a[1]
+            elif op in ("Add", "Sub", "Mul", "Div"):
+                env[node.name] = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}[op](a[0], a[1])
+            elif op == "Relu":
+                env[node.name] = F.relu(a[0])
+            elif op == "Sigmoid":
+                env[node.name] = torch.sigmoid(a[0])
+            elif op == "Tanh":
+                env[node.name] = torch.tanh(a[0])
+            elif op in ("Flatten", "Reshape"):
+                env[node.name] = a[0].reshape(1, -1)
+            else:
+                raise NotImplementedError(op)
+        return env[self.graph.outputs[0]].reshape(1, -1)
+
+
+def ours(graph: Graph, problem: SpecTensors, iterations: int, dtype: torch.dtype) -> tuple[float, float]:
+    g = graph_to(graph, "cpu", dtype)
+    box = Interval(problem.lower.to(dtype), problem.upper.to(dtype))
+    t = time.perf_counter()
+    lower, _ = optimise_all(g, box, problem.C.to(dtype), AlphaOptions(iterations=iterations, stop_above=None))
+    return float((lower - problem.d.to(dtype)).min()), time.perf_counter() - t
+
+
+def lirpa(graph: Graph, problem: SpecTensors, iterations: int) -> tuple[float, float] | None:
+    try:
+        from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
+    except ImportError:
+        return None
+    module = GraphModule(graph)
+    n_in = problem.lower[0].numel()
+    lower, upper = problem.lower.reshape(1, n_in).float(), problem.upper.reshape(1, n_in).float()
+    bounded = BoundedModule(module, torch.zeros(1, n_in), verbose=0,
+                            bound_opts={"optimize_bound_args": {"iteration": iterations}})
+    x = BoundedTensor((lower + upper) / 2, PerturbationLpNorm(norm=float("inf"), x_L=lower, x_U=upper))
+    t = time.perf_counter()
+    lb, _ = bounded.compute_bounds(x=(x,), C=problem.C.float(), method="CROWN-Optimized", bound_upper=False)
+    return float((lb.double() - problem.d).min()), time.perf_counter() - t
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=20)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"{'network':34} {'spec':22} {'ours f64':>10} {'s':>6} {'ours f32':>10} {'s':>6} {'auto_LiRPA':>10} {'s':>6}")
+    for suite, net, spec in DEFAULT_PAIRS:
+        folder = SHARED / suite
+        if not folder.is_dir():
+            continue
+        if spec is None:
+            spec = sorted(p.name for p in (folder / "vnnlib").iterdir())[0]
+        graph = load_onnx(folder / "onnx" / net)
+        sp = parse_vnnlib(folder / "vnnlib" / spec)
+        problem = SpecTensors.from_spec(sp, tuple(graph.input.shape), "cpu", torch.float64)
+        b64, t64 = ours(graph, problem, args.iterations, torch.float64)
+        b32, t32 = ours(graph, problem, args.iterations, torch.float32)
+        other = lirpa(graph, problem, args.iterations)
+        theirs = f"{other[0]:10.4f} {other[1]:6.2f}" if other else f"{'n/a':>10} {'':>6}"
+        print(f"{net:34} {spec:22} {b64:10.4f} {t64:6.2f} {b32:10.4f} {t32:6.2f} {theirs}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
