@@ -28,6 +28,8 @@ from branching.bab import BaBOutcome, input_split_bab
 from branching.milp import exact_search, milp_encodable, unstable_relus
 from branching.relu_split import relu_split_bab
 from bounds.alpha import optimise_all
+from bounds.ops import RULES
+from bounds.ops.base import ActivationRule
 from branching.problem import SpecTensors, round_outward
 from bounds.errors import ModelLoadError
 from bounds.graph.ir import Graph, graph_to
@@ -130,6 +132,7 @@ class _Run:
     attack_loss: dict[tuple[int, int], float] = field(default_factory=dict)
     open_targets: atk.Targets | None = None
     found_during_bab: Result | None = None
+    pgd_best: tuple[torch.Tensor, torch.Tensor] | None = None   # best PGD points and losses so far
 
     # ---- helpers -----------------------------------------------------------------------
     def result(self, outcome: Outcome, stage: str, message: str, **kw: Any) -> Result:
@@ -316,6 +319,7 @@ class _Run:
                 return found
             if res.timed_out:
                 break
+        self.pgd_best = (best_x, best_loss)
         return None
 
     # ---- driver ------------------------------------------------------------------------
@@ -371,7 +375,7 @@ class _Run:
         open_targets = targets.subset(keep)
         self.open_targets = open_targets
         complete = (self.options.branch_and_bound and self.margins is not None
-                    and (self.input_split_applies() or self.relu_split_applies()))
+                    and (self.input_split_applies() or self.relu_split_applies() or self.alpha_applies()))
         budget = None
         if complete:
             seconds = self.options.pre_bab_attack_seconds
@@ -390,6 +394,13 @@ class _Run:
             if res is not None:
                 return self.retime(res)
             self.check("branch and bound")
+            if not (self.input_split_applies() or self.relu_split_applies()):
+                # no complete search for this network: the attack gets the rest of the time
+                t = time.monotonic()
+                found = self.pgd(open_targets, *self.pgd_best) if self.pgd_best is not None else None
+                self.timed("pgd", t)
+                if found is not None:
+                    return self.retime(found)
         return self.unknown(open_keys)
 
     def input_split_applies(self) -> bool:
@@ -397,6 +408,10 @@ class _Run:
 
     def relu_split_applies(self) -> bool:
         return any(node.op in ("Relu", "LeakyRelu") for node in self.graph.nodes)
+
+    def alpha_applies(self) -> bool:
+        """Some activation has optimisable relaxations, so alpha-CROWN can beat CROWN."""
+        return any(node.op in RULES and isinstance(RULES[node.op], ActivationRule) for node in self.graph.nodes)
 
     def falsify_from(self, points: torch.Tensor, cases: torch.Tensor) -> tuple[torch.Tensor, int] | None:
         """A short PGD started at points that branch and bound found promising (one per case
@@ -465,7 +480,7 @@ class _Run:
             kind = "input splitting"
             outcome = input_split_bab(graph, problem, self.deadline, self.options.bab, progress)
         else:
-            kind = "ReLU splitting"
+            kind = "ReLU splitting" if self.relu_split_applies() else "alpha-CROWN"
             t = time.monotonic()
             root_alphas: dict[str, torch.Tensor] = {}
             lower, root = optimise_all(graph, Interval(problem.lower, problem.upper), problem.C,
@@ -477,6 +492,8 @@ class _Run:
                 margin = float(problem.margins(torch.arange(problem.n_cases, device=problem.lower.device), lower).min())
                 return self.result(Outcome.UNSAT, "alpha-crown", "alpha-CROWN (intermediate layers optimised) "
                                    f"refutes every output polytope; smallest margin {margin:.4g}", best_bound=margin)
+            if not self.relu_split_applies():
+                return None  # alpha-CROWN was the last word: no neuron splitting for this network
             exact = self.small_network_milp(graph, root, refuted)
             if exact is not None:
                 return exact

@@ -42,40 +42,71 @@ class SShaped(ActivationRule):
             unsafe = torch.where(ok, unsafe, mid)
         return safe
 
+    def _tangent_ranges(self, l: torch.Tensor, u: torch.Tensor):
+        """Where the tangent point of each bounding line may lie (float64).
+
+        Returns (lower range, upper range, lower uses chord, upper uses chord): any tangent
+        point inside a range gives a sound line, so the ranges are what alpha-CROWN searches.
+        """
+        zero = torch.zeros_like(l)
+        fl, fu = self.f(l), self.f(u)
+        convex, concave = u <= 0, l >= 0
+        # upper: tangent in the concave part, above f(l) when l < 0
+        d_up = self._tangent_through(torch.minimum(l, zero), torch.maximum(u, zero), True)
+        up_chord = convex | (~concave & (self.f(u) + self.df(u) * (l - u) - fl < 0))
+        up_lo = torch.where(concave, l, d_up)
+        up_hi = torch.maximum(u, zero)
+        # lower: tangent in the convex part, below f(u) when u > 0
+        d_lo = self._tangent_through(torch.maximum(u, zero), torch.minimum(l, zero), False)
+        lo_chord = concave | (~convex & (self.f(l) + self.df(l) * (u - l) - fu > 0))
+        lo_lo = torch.minimum(l, zero)
+        lo_hi = torch.where(convex, u, d_lo)
+        return (lo_lo, lo_hi), (up_lo, torch.maximum(up_hi, up_lo)), lo_chord, up_chord
+
+    def _default_fractions(self, l, u, ranges) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tangent points at the interval's midpoint, moved into their ranges, as fractions."""
+        mid = (l + u) / 2
+        out = []
+        for a, b in ranges:
+            span = b - a
+            frac = (mid.clamp(min=a, max=b) - a) / torch.where(span > 1e-12, span, torch.ones_like(span))
+            out.append(torch.where(span > 1e-12, frac, torch.full_like(frac, 0.5)))
+        return out[0], out[1]
+
+    def init_alpha(self, node, x: Interval) -> torch.Tensor:
+        l, u = x.lower.double(), torch.maximum(x.upper, x.lower).double()
+        lo_range, up_range, _, _ = self._tangent_ranges(l, u)
+        t_lo, t_up = self._default_fractions(l, u, (lo_range, up_range))
+        return torch.stack([t_lo, t_up], dim=1).to(x.lower.dtype)       # (B, 2, *shape)
+
+    def project_alpha(self, node, alpha):
+        return alpha.clamp(0.0, 1.0)
+
     def relax(self, node, x: Interval, alpha=None) -> Relaxation:
+        """Chords where the function bends towards the line, tangents elsewhere. With `alpha`
+        (B, S, 2, *shape) the lower / upper tangent points are those fractions of their
+        ranges (see _tangent_ranges), per spec row."""
         dtype = x.lower.dtype
         l, u = x.lower.double(), x.upper.double()
         u = torch.maximum(u, l)
+        if alpha is not None:
+            l, u = l.unsqueeze(1), u.unsqueeze(1)
         fl, fu = self.f(l), self.f(u)
         width = u - l
         tiny = width < 1e-9
         chord_w = torch.where(tiny, self.df(l), (fu - fl) / torch.where(tiny, torch.ones_like(width), width))
         chord_b = fl - chord_w * l
-        mid = (l + u) / 2
-        tan_w = self.df(mid)
-        tan_b = self.f(mid) - tan_w * mid
-
-        # upper bound
-        d_up = self._tangent_through(torch.minimum(l, torch.zeros_like(l)), torch.maximum(u, torch.zeros_like(u)), True)
-        # tangent at u below f(l): the tangent point through l lies beyond u, so the chord is valid
-        use_chord = self.f(u) + self.df(u) * (l - u) - fl < 0
-        # every tangent point in [d_up, u] gives a valid upper line; the steepest (d_up) is
-        # tight only near l, so move it to the midpoint when that lies further right
-        d_up = torch.minimum(torch.maximum(d_up, mid), torch.maximum(u, torch.zeros_like(u)))
-        up_cross_w = torch.where(use_chord, chord_w, self.df(d_up))
-        up_cross_b = torch.where(use_chord, chord_b, self.f(d_up) - self.df(d_up) * d_up)
-        # lower bound
-        d_lo = self._tangent_through(torch.maximum(u, torch.zeros_like(u)), torch.minimum(l, torch.zeros_like(l)), False)
-        use_chord = self.f(l) + self.df(l) * (u - l) - fu > 0
-        d_lo = torch.maximum(torch.minimum(d_lo, mid), torch.minimum(l, torch.zeros_like(l)))
-        lo_cross_w = torch.where(use_chord, chord_w, self.df(d_lo))
-        lo_cross_b = torch.where(use_chord, chord_b, self.f(d_lo) - self.df(d_lo) * d_lo)
-
-        convex, concave = u <= 0, l >= 0
-        uw = torch.where(convex, chord_w, torch.where(concave, tan_w, up_cross_w))
-        ub = torch.where(convex, chord_b, torch.where(concave, tan_b, up_cross_b))
-        lw = torch.where(convex, tan_w, torch.where(concave, chord_w, lo_cross_w))
-        lb = torch.where(convex, tan_b, torch.where(concave, chord_b, lo_cross_b))
+        (lo_a, lo_b), (up_a, up_b), lo_chord, up_chord = self._tangent_ranges(l, u)
+        if alpha is None:
+            t_lo, t_up = self._default_fractions(l, u, ((lo_a, lo_b), (up_a, up_b)))
+        else:
+            t_lo, t_up = alpha[:, :, 0].double(), alpha[:, :, 1].double()
+        d_lo = lo_a + t_lo * (lo_b - lo_a)
+        d_up = up_a + t_up * (up_b - up_a)
+        uw = torch.where(up_chord, chord_w, self.df(d_up))
+        ub = torch.where(up_chord, chord_b, self.f(d_up) - self.df(d_up) * d_up)
+        lw = torch.where(lo_chord, chord_w, self.df(d_lo))
+        lb = torch.where(lo_chord, chord_b, self.f(d_lo) - self.df(d_lo) * d_lo)
         # float64 -> working precision: widen the offsets by a few ulps of the values involved
         ulp = 2e-7 if dtype != torch.float64 else 1e-13
         slack = ulp * (1.0 + fl.abs() + fu.abs() + torch.maximum(l.abs(), u.abs()) * torch.maximum(lw.abs(), uw.abs()))

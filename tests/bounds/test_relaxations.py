@@ -73,3 +73,36 @@ def test_s_shaped_relaxation_is_not_trivial(op: str) -> None:
     xs = torch.linspace(-0.1, 0.1, 101)
     gap = (r.uw * xs + r.ub) - (r.lw * xs + r.lb)
     assert gap.max() < 1e-3
+
+
+@pytest.mark.parametrize("op", ACTIVATIONS)
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@settings(max_examples=10, deadline=None)
+@given(c=st.floats(-8, 8), w=st.floats(1e-3, 6), seed=st.integers(0, 2**16))
+def test_relaxation_sound_for_any_projected_alpha(op: str, kind: str, c: float, w: float, seed: int) -> None:
+    """Optimisable parameters, however the optimiser moves them, give sound lines once projected."""
+    gen = torch.Generator().manual_seed(seed)
+    rule = RULES[op]
+    for attrs in ATTRS.get(op, [{}]):
+        node = Node("y", op, ("x",), attrs)
+        lo, up = KINDS[kind](c, w)
+        x = Interval(torch.tensor([lo], dtype=torch.float64), torch.tensor([max(lo, up)], dtype=torch.float64))
+        init = rule.init_alpha(node, x)
+        if init is None:
+            continue
+        rows = 3
+        alpha = init.unsqueeze(1).expand(init.shape[0], rows, *init.shape[1:]).clone()
+        alpha = rule.project_alpha(node, alpha + 4 * torch.randn(alpha.shape, generator=gen, dtype=alpha.dtype))
+        r = rule.relax(node, x, alpha)                                    # (1, rows, 1)
+        t = torch.rand(257, generator=gen, dtype=torch.float64)
+        t[0], t[1] = 0.0, 1.0
+        xs = x.lower + t * (x.upper - x.lower)                            # (257,)
+        fx = rule.fn(node, xs)
+        def per_row(t: torch.Tensor) -> torch.Tensor:   # some parts need not differ per row
+            return torch.broadcast_to(t.reshape(1, -1), (1, rows)).reshape(rows, 1)
+
+        lo_line = per_row(r.lw) * xs + per_row(r.lb)
+        hi_line = per_row(r.uw) * xs + per_row(r.ub)
+        tol = 1e-9 * (1 + fx.abs())
+        assert (lo_line <= fx + tol).all(), f"lower line above f by {(lo_line - fx).max()}"
+        assert (hi_line >= fx - tol).all(), f"upper line below f by {(fx - hi_line).max()}"
