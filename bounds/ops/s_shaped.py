@@ -6,7 +6,7 @@ import torch
 from bounds.ops.base import ActivationRule
 from bounds.types import Interval, Relaxation
 
-_BISECTION_STEPS = 40
+_BISECTION_STEPS = 24
 
 
 class SShaped(ActivationRule):
