@@ -1,0 +1,98 @@
+"""Upper bounds on a chain's Lipschitz constant: naive, LipSDP-Layer, LipSDP-Neuron.
+
+Every SDP answer goes through the same three steps: our barrier solver (solver.py) on the
+rescaled, reduced LMI (formulations.py); a pull-back of its multipliers a hair towards the
+strictly feasible starting point, so that they pass the certificate's rounding margins; the
+float64 certificate (certify.py) on the ORIGINAL weights. Only the certificate is reported.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from bounds.lipschitz import formulations, solver
+from bounds.lipschitz.certify import Certificate, Multipliers, certify
+from bounds.lipschitz.chain import Chain
+from bounds.lipschitz.naive import naive_bound
+
+log = logging.getLogger(__name__)
+
+METHODS = ("neuron", "layer", "naive")
+
+
+@dataclass(frozen=True)
+class UpperBound:
+    value: float                      # the certified bound (math.inf when nothing was proved)
+    method: str
+    norm: float
+    solver_value: float = math.nan    # what the solver's own objective claimed (not certified)
+    multipliers: Multipliers | None = None
+    time_s: float = 0.0
+    newton_steps: int = 0
+    gap: float = math.nan             # relative optimality gap bound of the solver's last stage
+    timed_out: bool = False
+    pullback: float = 0.0             # stages stepped back + weight of the earlier iterate mixed in
+
+    def details(self) -> dict:
+        return {"method": self.method, "norm": "inf" if self.norm == math.inf else 2, "upper": self.value,
+                "solver_value": self.solver_value, "time_s": round(self.time_s, 4),
+                "newton_steps": self.newton_steps, "relative_gap": self.gap,
+                "timed_out": self.timed_out, "pullback": self.pullback}
+
+
+def _certify_pulled_back(chain: Chain, problem: formulations.Problem, iterates: list[torch.Tensor],
+                         norm: float) -> tuple[Certificate, Multipliers, float]:
+    """Certify the last iterate; when the rounding margins reject it (optimal multipliers sit
+    on the boundary of the LMI), mix in a little of the previous stage's iterate, which is
+    strictly feasible with a wider margin - the LMI is convex, so the mix is too."""
+    ys = iterates[::-1]
+    for k, y in enumerate(ys):
+        inner = ys[k + 1] if k + 1 < len(ys) else None
+        thetas = (0.0, 1e-3, 1e-2, 1e-1) if inner is not None else (0.0,)
+        for theta in thetas:
+            yc = y if theta == 0 else (1 - theta) * y + theta * inner
+            mult = problem.unpack(yc)
+            cert = certify(chain, mult, norm)
+            if math.isfinite(cert.value):
+                return cert, mult, float(k) + theta
+    return Certificate(math.inf, math.inf, "no multipliers passed the certificate"), problem.unpack(ys[0]), math.inf
+
+
+def upper_bound(chain: Chain, method: str = "neuron", norm: float = 2,
+                options: solver.SolverOptions = solver.SolverOptions(),
+                start: Multipliers | None = None) -> UpperBound:
+    """A certified upper bound on the l2 (or l-inf -> l2 for norm=inf) Lipschitz constant."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got '{method}'")
+    begin = time.monotonic()
+    if method == "naive":
+        return UpperBound(naive_bound(chain, norm), method, norm, time_s=time.monotonic() - begin)
+    if not chain.activations and norm == 2:
+        cert = certify(chain, Multipliers(()), 2)      # exactly the spectral norm
+        return UpperBound(cert.value, method, norm, cert.value, Multipliers(()), time.monotonic() - begin)
+    problem = formulations.build(chain, method, norm)
+    y0 = solver.initial_point(problem)
+    y_start = y0
+    if start is not None:
+        guess = problem.pack(start)
+        for theta in (0.01, 0.1, 0.5):
+            cand = (1 - theta) * guess + theta * y0
+            if solver._Barrier(problem).logdet(cand) is not None:
+                y_start = cand
+                break
+    report = solver.solve(problem, y_start, options)
+    cert, mult, theta = _certify_pulled_back(chain, problem, report.iterates, norm)
+    claimed = math.sqrt(max(report.objective * problem.objective_factor, 0.0))
+    log.info("LipSDP-%s (l%s): certified %.8g (solver %.8g) in %.2f s, %d Newton steps, pull-back %g",
+             method, "inf" if norm == math.inf else 2, cert.value, claimed, time.monotonic() - begin,
+             report.newton_steps, theta)
+    rel_gap = report.gap / max(report.objective, 1e-300) if math.isfinite(report.gap) else math.inf
+    return UpperBound(cert.value, method, norm, claimed, mult, time.monotonic() - begin, report.newton_steps,
+                      rel_gap, report.timed_out, theta)
+
+
+__all__ = ["UpperBound", "upper_bound", "METHODS"]

@@ -1,0 +1,158 @@
+"""The certificate: fix the multipliers, compute in float64 the smallest constant they prove.
+
+LipSDP asks for multipliers T_i (one quadratic constraint per activation layer) and rho with
+
+    q(v) = |W_l h_l|^2 - rho |x|^2 + sum_i QC_i(W_{i-1} h_{i-1}, h_i; T_i) <= 0   for all v,
+
+v = (x, h_1, ..., h_l). Each QC_i(z, h) = z'P_i z + 2 z'R_i h - h'Q_i h is >= 0 on every pair
+of activation increments, so q <= 0 gives |dy|^2 <= rho |dx|^2. The matrix of q is block
+tridiagonal; eliminating h_l, h_{l-1}, ... by Schur complements leaves -rho I + K on x:
+
+    S_l = D_l,  S_{i-1} = D_{i-1} - B_i S_i^{-1} B_i'  (each -S_i > 0 required),
+    D_i = -Q_i + W_i'P_{i+1}W_i (P_{l+1} = I),  D_0 = W_0'P_1W_0,  B_i = W_{i-1}'R_i,
+
+and the smallest rho the multipliers prove is lambda_max(K). For l-infinity, rho|x|^2 becomes
+sum_k gamma_k x_k^2 <= (sum gamma) |x|_inf^2. This module repeats none of the solver's code on
+purpose: it is the independent check of whatever the solver (or a user) hands in.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bounds.lipschitz.chain import DTYPE, Activation, Chain
+
+#: relative slack against rounding: -S_i must stay positive definite after subtracting
+#: this fraction of its norm, and the final constant is raised by this fraction
+ROUNDING_SLACK = 1e-12
+
+
+@dataclass(frozen=True)
+class Multipliers:
+    """layers[i][k]: multipliers of piece k of activation layer i: (E,) for elementwise
+    pieces (>= 0), (G, 2) for group pieces (lambda1 >= 0, lambda2 free; sort pieces only).
+    `gamma` (n_inputs,) is used by the l-infinity certificate (rho is always recomputed)."""
+
+    layers: tuple[tuple[torch.Tensor, ...], ...]
+    gamma: torch.Tensor | None = None
+
+    def scaled(self, factors: list[float], gamma_factor: float = 1.0) -> "Multipliers":
+        layers = tuple(tuple(m * f for m in ms) for ms, f in zip(self.layers, factors))
+        gamma = None if self.gamma is None else self.gamma * gamma_factor
+        return Multipliers(layers, gamma)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    value: float          # the certified Lipschitz constant (math.inf when the multipliers prove nothing)
+    squared: float        # rho (l2) or sum(gamma) + n * shift (l-infinity)
+    reason: str = ""      # why the multipliers failed, when value is inf
+
+
+def qc_matrices(act: Activation, mult: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(P, R, Q) of one layer: QC(z, h) = z'Pz + 2z'Rh - h'Qh >= 0 for increments."""
+    n = act.size
+    P = torch.zeros(n, n, dtype=DTYPE)
+    R = torch.zeros(n, n, dtype=DTYPE)
+    Q = torch.zeros(n, n, dtype=DTYPE)
+    if len(mult) != len(act.pieces):
+        raise ValueError(f"{len(mult)} multiplier tensors for {len(act.pieces)} activation pieces")
+    for piece, m in zip(act.pieces, mult):
+        m = m.to(DTYPE)
+        if not piece.is_group:
+            # 2 (h - a z)(b z - h): slope-restricted in [a, b]
+            t = m.clamp(min=0).reshape(-1)
+            idx = piece.index
+            a, b = piece.lower, piece.upper
+            P[idx, idx] += -2 * a * b * t
+            R[idx, idx] += (a + b) * t
+            Q[idx, idx] += 2 * t
+        else:
+            # z'Tz - h'Th with T = l1 I + l2 11' per group: |h| <= |z|, and 1'h = 1'z for sorts
+            lam1 = m[:, 0].clamp(min=0)
+            lam2 = m[:, 1] if piece.sum_preserving else torch.zeros_like(m[:, 1])
+            g = piece.index.shape[1]
+            blocks = lam1[:, None, None] * torch.eye(g, dtype=DTYPE) + lam2[:, None, None] * torch.ones(g, g, dtype=DTYPE)
+            rows = piece.index[:, :, None].expand(-1, g, g)
+            cols = piece.index[:, None, :].expand(-1, g, g)
+            P.index_put_((rows, cols), blocks, accumulate=True)
+            Q.index_put_((rows, cols), blocks, accumulate=True)
+    return P, R, Q
+
+
+def _negdef_factor(S: torch.Tensor) -> torch.Tensor | None:
+    """Cholesky factor of -S when -S is safely positive definite, else None."""
+    A = -(S + S.T) / 2
+    scale = float(A.abs().max()) if A.numel() else 0.0
+    if not math.isfinite(scale):
+        return None
+    margin = ROUNDING_SLACK * max(scale, 1e-300) * A.shape[0]
+    L, info = torch.linalg.cholesky_ex(A - margin * torch.eye(A.shape[0], dtype=DTYPE))
+    if int(info) != 0:
+        return None
+    L, info = torch.linalg.cholesky_ex(A)
+    return L if int(info) == 0 else None
+
+
+def reduced_input_form(chain: Chain, mult: Multipliers) -> tuple[torch.Tensor | None, str]:
+    """K with q(v) <= 0 for all v  iff  rho I - K >= 0 (or diag(gamma) - K >= 0); None when a
+    layer's Schur complement is not negative definite."""
+    W = chain.weights
+    l = len(chain.activations)
+    if len(mult.layers) != l:
+        raise ValueError(f"{len(mult.layers)} multiplier layers for {l} activation layers")
+    qcs = [qc_matrices(a, m) for a, m in zip(chain.activations, mult.layers)]
+    P_next = torch.eye(chain.n_outputs, dtype=DTYPE)     # the output term |W_l h_l|^2
+    S = W[l].T @ P_next @ W[l] - (qcs[l - 1][2] if l else 0)
+    for i in range(l, 0, -1):
+        L = _negdef_factor(S)
+        if L is None:
+            return None, f"the Schur complement of activation layer {i} is not negative definite"
+        P_i, R_i, _ = qcs[i - 1]
+        B = W[i - 1].T @ R_i                              # (n_{i-1}, n_i)
+        Y = torch.linalg.solve_triangular(L, B.T, upper=False)
+        D_prev = W[i - 1].T @ P_i @ W[i - 1]
+        if i > 1:
+            D_prev = D_prev - qcs[i - 2][2]
+        S = D_prev + Y.T @ Y
+    return (S + S.T) / 2, ""
+
+
+def certify(chain: Chain, mult: Multipliers, norm: float = 2) -> Certificate:
+    """The Lipschitz constant the multipliers prove (l2 -> l2, or l-inf -> l2 for norm=inf)."""
+    K, reason = reduced_input_form(chain, mult)
+    if K is None:
+        return Certificate(math.inf, math.inf, reason)
+    n = K.shape[0]
+    eye = torch.eye(n, dtype=DTYPE)
+    if norm == 2:
+        rho = max(float(torch.linalg.eigvalsh(K)[-1]), 0.0)
+        rho = rho * (1 + ROUNDING_SLACK) + ROUNDING_SLACK * float(K.abs().max()) + 1e-300
+        rho = _confirm(lambda r: r * eye - K, rho)
+        return Certificate(math.sqrt(rho), rho)
+    if mult.gamma is None:
+        raise ValueError("the l-infinity certificate needs gamma multipliers")
+    gamma = mult.gamma.to(DTYPE).reshape(-1)
+    if gamma.numel() != n:
+        raise ValueError(f"gamma has {gamma.numel()} entries for {n} inputs")
+    # the best uniform shift that makes diag(gamma) + shift I - K positive semidefinite
+    shift = max(float(torch.linalg.eigvalsh(K - torch.diag(gamma))[-1]), 0.0)
+    shift = shift * (1 + ROUNDING_SLACK) + ROUNDING_SLACK * float(K.abs().max()) + 1e-300
+    shift = _confirm(lambda s: torch.diag(gamma) + s * eye - K, shift)
+    # |dy|^2 <= sum_k (gamma_k + shift) dx_k^2 <= sum_k max(gamma_k + shift, 0) |dx|_inf^2
+    total = float((gamma + shift).clamp(min=0).sum())
+    return Certificate(math.sqrt(total), total)
+
+
+def _confirm(matrix, value: float) -> float:
+    """Raise `value` until matrix(value) passes a Cholesky test (it normally does at once)."""
+    for _ in range(60):
+        if int(torch.linalg.cholesky_ex(matrix(value))[1]) == 0:
+            return value
+        value = value * 1.001 + 1e-12
+    raise ArithmeticError("the certificate's final Cholesky test keeps failing")
+
+
+__all__ = ["Multipliers", "Certificate", "certify", "qc_matrices", "reduced_input_form", "ROUNDING_SLACK"]

@@ -1,0 +1,321 @@
+"""Graph IR (or a .mat weight file) -> Chain: affine segments between activation layers.
+
+Activation nodes are the elementwise ops with slope bounds (the rule's `slope_bounds` when it
+has one, else the table below) and MaxMin pairs. An activation's *layer* is one more than the
+deepest activation its input depends on; the graph is a chain when every segment between
+activations reads activations of exactly one earlier layer. Each segment is affine, so its
+matrix is read off by evaluating it on the unit vectors (convolutions become matrices this
+way; fine for small ones, and the error names the size when it is too large).
+
+MaxMin in ONNX: torch exports `torch.maximum(a, b)` / `torch.minimum(a, b)` as Max / Min,
+which the bound rules do not cover. `load_network` rewrites each Max(a, b) with its Min(a, b)
+as  r = Relu(b - a); max = a + r; min = b - r  (exact identities), loads the file normally,
+and `chain_from_graph` recognises that trio as one MaxMin pair again.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from bounds.graph.ir import CONSTANT, INPUT, Graph, Node
+from bounds.lipschitz.chain import DTYPE, Activation, Chain, Piece
+
+#: slope bounds of the activations nnverify knows, when the rule does not say itself
+SLOPES = {"Relu": (0.0, 1.0), "Sigmoid": (0.0, 0.25), "Tanh": (0.0, 1.0),
+          # GELU' in [-0.12891, 1.12891], SiLU' in [-0.09984, 1.09984] (rounded outwards); used
+          # only once these ops have rules (the extractor evaluates through the rule's fn)
+          "Gelu": (-0.129, 1.129), "Silu": (-0.0999, 1.0999), "Softplus": (0.0, 1.0), "Elu": (0.0, 1.0)}
+KINDS = {"Relu": "relu", "LeakyRelu": "leaky_relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
+#: largest segment matrix (rows x columns) built densely
+MAX_DENSE = 50_000_000
+
+
+class ChainError(ValueError):
+    """The network is not a chain LipSDP can read (the message says why)."""
+
+
+def _rules():
+    from bounds.ops import RULES
+    return RULES
+
+
+def slope_bounds(node: Node) -> tuple[float, float] | None:
+    rule = _rules().get(node.op)
+    own = getattr(rule, "slope_bounds", None)
+    if callable(own):
+        a, b = own(node)
+        return float(a), float(b)
+    if node.op == "LeakyRelu":
+        alpha = float(node.attrs.get("alpha", 0.01))
+        return (min(alpha, 1.0), max(alpha, 1.0))
+    return SLOPES.get(node.op)
+
+
+def _maxmin_trios(graph: Graph) -> dict[str, tuple[str, str, str, str]]:
+    """relu name -> (a, b, max_name, min_name) for r = Relu(Sub(b, a)), max = Add(a, r) and
+    min = Sub(b, r), the exact form load_network gives Max / Min pairs."""
+    users = graph.consumers()
+    found = {}
+    for node in graph.nodes:
+        if node.op != "Relu":
+            continue
+        d = graph[node.inputs[0]]
+        if d.op != "Sub" or len(users[d.name]) != 1:
+            continue
+        b, a = d.inputs
+        outs = users[node.name]
+        adds = [u for u in outs if u.op == "Add" and set(u.inputs) == {a, node.name}]
+        subs = [u for u in outs if u.op == "Sub" and u.inputs == (b, node.name)]
+        if len(outs) == 2 and len(adds) == 1 and len(subs) == 1 and graph[a].shape == graph[b].shape:
+            found[node.name] = (a, b, adds[0].name, subs[0].name)
+    return found
+
+
+def chain_from_graph(graph: Graph) -> Chain:
+    """The chain of a feed-forward graph (raises ChainError naming what does not fit)."""
+    graph = _float64(graph)
+    trios = _maxmin_trios(graph)
+    trio_nodes = {n for a, b, mx, mn in trios.values() for n in (mx, mn)} | \
+                 {graph[r].inputs[0] for r in trios}
+    # units: activation "nodes" of the chain; each has inputs (values) and outputs (values)
+    units: list[tuple[str, tuple[str, ...], tuple[str, ...], Node]] = []   # (kind, ins, outs, node)
+    unit_of_output: dict[str, int] = {}
+    bad = []
+    for node in graph.nodes:
+        if node.name in trio_nodes:
+            continue
+        if node.name in trios:
+            a, b, mx, mn = trios[node.name]
+            units.append(("maxmin", (a, b), (mx, mn), node))
+        elif node.op in ("Max", "Min"):
+            bad.append(f"{node.describe()} (a Max without its Min on the same pair, or vice versa)")
+            continue
+        elif node.op not in (INPUT, CONSTANT) and slope_bounds(node) is not None:
+            units.append(("elementwise", (node.inputs[0],), (node.name,), node))
+        else:
+            continue
+        for out in units[-1][2]:
+            unit_of_output[out] = len(units) - 1
+    if bad:
+        raise ChainError("unsupported for Lipschitz bounds: " + "; ".join(bad))
+    # sources (unit outputs or the input) each value depends on through affine nodes
+    sources: dict[str, frozenset[str]] = {}
+    for node in graph.nodes:
+        if node.op == INPUT:
+            sources[node.name] = frozenset([node.name])
+        elif node.op == CONSTANT:
+            sources[node.name] = frozenset()
+        elif node.name in unit_of_output:
+            sources[node.name] = frozenset([node.name])
+        else:
+            sources[node.name] = frozenset().union(*(sources[i] for i in node.inputs))
+    level = {graph.inputs[0]: 0}
+    layers: list[list[int]] = []
+    for k, (kind, ins, outs, node) in enumerate(units):
+        deps = frozenset().union(*(sources[i] for i in ins))
+        lv = {level[d] for d in deps}
+        if len(lv) != 1:
+            raise ChainError(f"{node.describe()} reads activations of several layers {sorted(lv)}: residual "
+                             f"connections are not supported by the chain formulation")
+        here = lv.pop() + 1
+        for out in outs:
+            level[out] = here
+        while len(layers) < here:
+            layers.append([])
+        layers[here - 1].append(k)
+    out_deps = sources[graph.outputs[0]]
+    lv = {level[d] for d in out_deps}
+    if lv != {len(layers)}:
+        raise ChainError(f"the output reads activations of layers {sorted(lv)}, not only the last one "
+                         f"({len(layers)}): residual connections are not supported")
+    return _assemble(graph, units, layers)
+
+
+def _assemble(graph: Graph, units, layers: list[list[int]]) -> Chain:
+    weights, biases, acts = [], [], []
+    prev = [graph.inputs[0]]
+    for layer in layers:
+        ins: list[str] = []
+        for k in layer:
+            ins.extend(units[k][1])
+        W, b = _segment(graph, prev, ins)
+        sizes = [int(math.prod(graph[v].shape)) for v in ins]
+        pieces, pos, outs = [], 0, []
+        for k in layer:
+            kind, uin, uout, node = units[k]
+            if kind == "maxmin":
+                m = sizes[len(outs)]
+                idx = torch.stack([torch.arange(pos, pos + m), torch.arange(pos + m, pos + 2 * m)], 1)
+                pieces.append(Piece("sort", idx))
+                pos += 2 * m
+            else:
+                m = sizes[len(outs)]
+                lo, hi = slope_bounds(node)
+                param = float(node.attrs.get("alpha", 0.01)) if node.op == "LeakyRelu" else None
+                kindname = KINDS.get(node.op, "slope")
+                fn = None
+                if kindname == "slope":
+                    fn = _elementwise_fn(node)
+                pieces.append(Piece(kindname, torch.arange(pos, pos + m), lo, hi, param, fn))
+                pos += m
+            outs.extend(uout)
+        acts.append(Activation(pos, tuple(pieces)))
+        weights.append(W)
+        biases.append(b)
+        prev = outs
+    W, b = _segment(graph, prev, [graph.outputs[0]])
+    weights.append(W)
+    biases.append(b)
+    return Chain(tuple(weights), tuple(acts), tuple(biases), graph.name)
+
+
+def _elementwise_fn(node: Node):
+    rule = _rules()[node.op]
+    return lambda x: rule.fn(node, x)
+
+
+def _forward(node: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    return _rules()[node.op].forward(node, xs)
+
+
+def _segment(graph: Graph, sources: list[str], targets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, b) with concat(targets) = W concat(sources) + b, by evaluating the affine nodes
+    between them on zero and on every unit vector (and checking affinity on a random point)."""
+    n_in = sum(int(math.prod(graph[s].shape)) for s in sources)
+    n_out = sum(int(math.prod(graph[t].shape)) for t in targets)
+    if n_in * n_out > MAX_DENSE:
+        raise ChainError(f"a segment would need a dense {n_out} x {n_in} matrix; structured convolutions "
+                         f"are not supported yet")
+    gen = torch.Generator().manual_seed(0)
+    probe = torch.randn(1, n_in, generator=gen, dtype=DTYPE)
+    batch = torch.cat([torch.zeros(1, n_in, dtype=DTYPE), torch.eye(n_in, dtype=DTYPE), probe])
+    env: dict[str, torch.Tensor] = {}
+    pos = 0
+    for s in sources:
+        m = int(math.prod(graph[s].shape))
+        env[s] = batch[:, pos:pos + m].reshape(-1, *graph[s].shape)
+        pos += m
+    needed = set()
+    todo = list(targets)
+    while todo:
+        cur = todo.pop()
+        if cur in needed or cur in env:
+            continue
+        needed.add(cur)
+        todo.extend(graph[cur].inputs)
+    for node in graph.nodes:
+        if node.name not in needed or node.name in env:
+            continue
+        if node.op == INPUT:
+            raise ChainError(f"'{node.name}' is read past the first activation layer: residual connections "
+                             f"are not supported")
+        if node.op == CONSTANT:
+            env[node.name] = node.value.unsqueeze(0)
+            continue
+        env[node.name] = _forward(node, [env[i] for i in node.inputs])
+    out = torch.cat([env[t].reshape(env[t].shape[0], -1).expand(n_in + 2, -1) for t in targets], 1)
+    b = out[0]
+    W = (out[1:n_in + 1] - b).T.contiguous()
+    check = W @ probe[0] + b
+    if not torch.allclose(check, out[-1], rtol=1e-6, atol=1e-8 * (1 + float(out.abs().max()))):
+        raise ChainError(f"the nodes between {sources[:2]} and {targets[:2]} are not affine "
+                         f"(unsupported operator between activations)")
+    return W, b
+
+
+def _float64(graph: Graph) -> Graph:
+    from bounds.graph.ir import graph_to
+    return graph_to(graph, dtype=DTYPE)
+
+
+# ----------------------------------------------------------------------------------------
+# files
+
+def _rewrite_max_min(model) -> int:
+    """In place: Max(a, b) / Min(a, b) -> a + relu(b - a) / b - relu(b - a) (shared per pair)."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    shared: dict[tuple[str, str], str] = {}
+    new_nodes, count = [], 0
+    taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.input} | \
+            {i.name for i in graph.initializer}
+
+    def fresh(base: str) -> str:
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name)
+        return name
+
+    for node in graph.node:
+        if node.op_type in ("Max", "Min") and len(node.input) == 2 and node.domain in ("", "ai.onnx"):
+            a, b = node.input
+            if (a, b) not in shared and (b, a) in shared:
+                a, b = b, a                       # max and min are symmetric in their inputs
+            key = (a, b)
+            if key not in shared:
+                d, r = fresh(f"{node.name or 'maxmin'}/diff"), fresh(f"{node.name or 'maxmin'}/relu")
+                new_nodes.append(helper.make_node("Sub", [b, a], [d], name=d))
+                new_nodes.append(helper.make_node("Relu", [d], [r], name=r))
+                shared[key] = r
+            r = shared[key]
+            if node.op_type == "Max":
+                new_nodes.append(helper.make_node("Add", [a, r], [node.output[0]], name=node.name))
+            else:
+                new_nodes.append(helper.make_node("Sub", [b, r], [node.output[0]], name=node.name))
+            count += 1
+        else:
+            new_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    onnx.checker.check_model(model)
+    return count
+
+
+def load_network(source: str | Path) -> Chain:
+    """A Chain from an ONNX file (MaxMin as Max / Min pairs allowed) or a MATLAB .mat file."""
+    path = Path(source)
+    if path.suffix == ".mat":
+        return chain_from_mat(path)
+    import onnx
+
+    from bounds.graph.onnx_import import load_onnx
+
+    from bounds.errors import ModelLoadError
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf decode errors have no common base class
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({exc})") from exc
+    if _rewrite_max_min(model):
+        graph = load_onnx(model.SerializeToString())
+    else:
+        graph = load_onnx(path)
+    chain = chain_from_graph(graph)
+    return Chain(chain.weights, chain.activations, chain.biases, path.stem)
+
+
+def chain_from_mat(path: str | Path, activation: str = "maxmin") -> Chain:
+    """The weight files of Pauli et al.: key W, a 1 x L cell array of matrices (first layer
+    first), MaxMin on consecutive pairs between layers, no biases."""
+    import scipy.io
+
+    from bounds.lipschitz.chain import elementwise, maxmin
+
+    data = scipy.io.loadmat(str(path))
+    if "W" not in data:
+        raise ChainError(f"{path}: no variable 'W' (a cell array of weight matrices)")
+    ws = [torch.as_tensor(w, dtype=DTYPE) for w in data["W"].ravel()]
+    if activation == "maxmin":
+        acts = tuple(maxmin(w.shape[0]) for w in ws[:-1])
+    else:
+        acts = tuple(elementwise(activation, w.shape[0]) for w in ws[:-1])
+    return Chain(tuple(ws), acts, name=Path(path).stem)
+
+
+__all__ = ["chain_from_graph", "load_network", "chain_from_mat", "slope_bounds", "ChainError"]

@@ -1,0 +1,82 @@
+"""`verify lipschitz ...` and the Python API: JSON fields, options, errors, certified radius."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.bounds.lipschitz.nets import maxmin_onnx, random_chain
+from verifier.cli import main as verify_main
+from verifier.lipschitz import certified_radius, lipschitz_bounds
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(1)
+    ws = [rng.standard_normal((8, 6)) / 2, rng.standard_normal((8, 8)) / 3, rng.standard_normal((4, 8)) / 3]
+    path = tmp_path_factory.mktemp("lip") / "net.onnx"
+    path.write_bytes(maxmin_onnx(ws, [rng.standard_normal(w.shape[0]) for w in ws]))
+    return path
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    code = verify_main(["lipschitz", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_json_has_certified_upper_and_attained_lower(capsys, net: Path) -> None:
+    code, out, _ = _run(capsys, str(net), "--json", "-q")
+    assert code == 0
+    res = json.loads(out)
+    assert 0 < res["lower"] <= res["upper"] <= res["details"]["naive"] * (1 + 1e-9)
+    assert res["method"] == "neuron" and res["norm"] == 2
+
+
+def test_pair_norm_and_methods(capsys, net: Path) -> None:
+    values = {}
+    for method in ("naive", "layer", "neuron"):
+        code, out, _ = _run(capsys, str(net), "--json", "-q", "--norm", "inf", "--pair", "1,3", "--method", method)
+        assert code == 0
+        values[method] = json.loads(out)
+        assert values[method]["pair"] == [1, 3]
+    assert values["neuron"]["upper"] <= values["layer"]["upper"] * (1 + 1e-6) <= values["naive"]["upper"] * (1 + 1e-6)
+
+
+def test_human_summary(capsys, net: Path) -> None:
+    code, out, _ = _run(capsys, str(net), "-q", "--no-lower")
+    assert code == 0 and out.startswith("Lipschitz constant (l2, output) in [0, ")
+
+
+@pytest.mark.parametrize("args,code", [(["--pair", "1"], 2), (["--pair", "0,9"], 2), (["--norm", "3"], 2)])
+def test_usage_errors(capsys, net: Path, args: list[str], code: int) -> None:
+    assert _run(capsys, str(net), "-q", *args)[0] == code
+
+
+def test_bad_model_is_exit_3(capsys, tmp_path: Path) -> None:
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"garbage")
+    code, _, err = _run(capsys, str(bad), "-q")
+    assert code == 3 and "error" in err
+    assert _run(capsys, str(tmp_path / "missing.onnx"), "-q")[0] == 3
+
+
+def test_certified_radius_is_sound() -> None:
+    chain = random_chain([5, 8, 8, 3], "relu", seed=4)
+    x = torch.randn(5, dtype=torch.float64)
+    radius, label = certified_radius(chain, x, norm=2)
+    assert 0 < radius < math.inf
+    gen = torch.Generator().manual_seed(0)
+    d = torch.randn(4000, 5, generator=gen, dtype=torch.float64)
+    d = d / d.norm(dim=1, keepdim=True) * radius * torch.rand(4000, 1, generator=gen, dtype=torch.float64)
+    assert bool((chain(x + d).argmax(1) == label).all())
+
+
+def test_api_on_a_torch_module() -> None:
+    module = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    res = lipschitz_bounds(module, input_shape=(1, 4), method="layer")
+    assert 0 < res.lower <= res.upper

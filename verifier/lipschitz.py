@@ -1,0 +1,135 @@
+"""Lipschitz bounds of a network, as an interval [lower, upper].
+
+    from verifier.lipschitz import lipschitz_bounds, certified_radius
+    res = lipschitz_bounds("net.onnx", norm=2, method="neuron")
+    print(res.lower, res.upper)                   # upper is certified in float64
+    radius, label = certified_radius("net.onnx", x)   # no input within `radius` changes the label
+
+`upper` is the smaller of the chosen method's certified bound and the product of layer norms.
+Norms: 2 means l2 -> l2; inf means l-inf -> l-inf (the SDP bounds l-inf -> l2, which is
+larger, so it is valid too). With `pair=(i, j)` the bound is on the margin y_i - y_j.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+from bounds.graph.ir import Graph
+from bounds.lipschitz.bound import METHODS, upper_bound
+from bounds.lipschitz.chain import DTYPE, Chain, margin_vector
+from bounds.lipschitz.extract import chain_from_graph, load_network
+from bounds.lipschitz.lower import lower_bound
+from bounds.lipschitz.naive import naive_bound
+from bounds.lipschitz.solver import SolverOptions
+
+ModelLike = Union[str, Path, Graph, Chain, torch.nn.Module]
+
+
+@dataclass(frozen=True)
+class LipschitzResult:
+    upper: float                  # certified upper bound
+    lower: float                  # a difference quotient actually attained (sound lower bound)
+    method: str
+    norm: float
+    pair: tuple[int, int] | None
+    time_s: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"upper": self.upper, "lower": self.lower, "method": self.method,
+                "norm": "inf" if self.norm == math.inf else 2,
+                "pair": list(self.pair) if self.pair else None, "time_s": round(self.time_s, 4),
+                "details": self.details}
+
+    def summary(self) -> str:
+        which = f"margin y{self.pair[0]}-y{self.pair[1]}" if self.pair else "output"
+        n = "inf" if self.norm == math.inf else "2"
+        return (f"Lipschitz constant (l{n}, {which}) in [{self.lower:.6g}, {self.upper:.6g}]  "
+                f"({self.method}, {self.time_s:.2f} s)")
+
+
+def load_chain(model: ModelLike, input_shape: tuple[int, ...] | None = None) -> Chain:
+    """A Chain from an ONNX / .mat path, a Graph, a torch module (needs input_shape) or a Chain."""
+    if isinstance(model, Chain):
+        return model
+    if isinstance(model, Graph):
+        return chain_from_graph(model)
+    if isinstance(model, torch.nn.Module):
+        from bounds.graph.torch_import import from_torch
+
+        if input_shape is None:
+            raise ValueError("a torch module needs input_shape, e.g. (1, 784)")
+        return chain_from_graph(from_torch(model, tuple(input_shape)))
+    if isinstance(model, (str, Path)):
+        from bounds.errors import ModelLoadError
+
+        if not Path(model).is_file():
+            raise ModelLoadError(f"{model}: no such model file")
+        return load_network(model)
+    raise TypeError(f"model must be a path, Graph, Chain or torch module, not {type(model).__name__}")
+
+
+def _parse_norm(norm: float | str) -> float:
+    if str(norm).lower() in ("inf", "infinity", "linf"):
+        return math.inf
+    if float(norm) == 2:
+        return 2
+    raise ValueError(f"norm must be 2 or inf, got {norm}")
+
+
+def lipschitz_bounds(model: ModelLike, norm: float | str = 2, pair: tuple[int, int] | None = None,
+                     method: str = "neuron", timeout: float | None = None, *, lower: bool = True,
+                     input_shape: tuple[int, ...] | None = None,
+                     box: tuple[torch.Tensor, torch.Tensor] | None = None, tol: float = 1e-6) -> LipschitzResult:
+    """Certified upper and attained lower bound on the Lipschitz constant of `model`."""
+    begin = time.monotonic()
+    norm = _parse_norm(norm)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got '{method}'")
+    chain = load_chain(model, input_shape)
+    if pair is not None:
+        chain = chain.with_output(margin_vector(chain.n_outputs, tuple(pair)))
+    deadline = None if timeout is None else begin + timeout
+    naive = naive_bound(chain, norm)
+    details: dict[str, Any] = {"network": chain.describe(), "naive": naive}
+    upper = naive
+    if method != "naive":
+        # leave a fifth of the time to the lower bound
+        solve_deadline = None if deadline is None else begin + 0.8 * timeout
+        res = upper_bound(chain, method, norm, SolverOptions(tol=tol, deadline=solve_deadline))
+        details["sdp"] = res.details()
+        upper = min(upper, res.value)
+    low = 0.0
+    if lower:
+        lb = lower_bound(chain, chain.n_inputs, norm, box=box, deadline=deadline)
+        low = lb.value
+        details["lower_time_s"] = round(lb.time_s, 4)
+    if low > upper * (1 + 1e-6):
+        raise ArithmeticError(f"lower bound {low} above the certified upper bound {upper}: please report this bug")
+    return LipschitzResult(upper, low, method, norm, tuple(pair) if pair else None, time.monotonic() - begin, details)
+
+
+def certified_radius(model: ModelLike, x: torch.Tensor, norm: float | str = 2, method: str = "neuron",
+                     timeout: float | None = None, input_shape: tuple[int, ...] | None = None) -> tuple[float, int]:
+    """(radius, label): every input within `radius` (in the given norm) of x gets the label
+    f predicts at x, because each margin y_label - y_j moves at most L_j per unit distance."""
+    norm = _parse_norm(norm)
+    chain = load_chain(model, input_shape)
+    with torch.no_grad():
+        y = chain(x.to(DTYPE).reshape(1, -1))[0]
+    label = int(y.argmax())
+    radius = math.inf
+    for j in range(chain.n_outputs):
+        if j == label:
+            continue
+        res = lipschitz_bounds(chain, norm, (label, j), method, timeout, lower=False)
+        radius = min(radius, float(y[label] - y[j]) / res.upper)
+    return radius, label
+
+
+__all__ = ["LipschitzResult", "lipschitz_bounds", "certified_radius", "load_chain"]
