@@ -26,6 +26,7 @@ from bounds.crown import spec_lower_bounds
 from bounds.graph.interpret import run as run_graph
 from branching.bab import BaBOutcome, input_split_bab
 from branching.milp import exact_search, milp_encodable, unstable_relus
+from branching.general_split import general_split_bab
 from branching.relu_split import relu_split_bab
 from bounds.alpha import optimise_all
 from bounds.ops import RULES
@@ -409,6 +410,11 @@ class _Run:
     def relu_split_applies(self) -> bool:
         return any(node.op in ("Relu", "LeakyRelu") for node in self.graph.nodes)
 
+    def general_split_applies(self) -> bool:
+        """Some activation other than a ReLU: neuron splitting at chosen points (GenBaB-style)."""
+        return any(isinstance(RULES.get(node.op), ActivationRule) and node.op not in ("Relu", "LeakyRelu")
+                   for node in self.graph.nodes)
+
     def alpha_applies(self) -> bool:
         """Some activation has optimisable relaxations, so alpha-CROWN can beat CROWN."""
         return any(node.op in RULES and isinstance(RULES[node.op], ActivationRule) for node in self.graph.nodes)
@@ -480,7 +486,8 @@ class _Run:
             kind = "input splitting"
             outcome = input_split_bab(graph, problem, self.deadline, self.options.bab, progress)
         else:
-            kind = "ReLU splitting" if self.relu_split_applies() else "alpha-CROWN"
+            kind = ("general-nonlinearity splitting" if self.general_split_applies() else
+                    "ReLU splitting" if self.relu_split_applies() else "alpha-CROWN")
             t = time.monotonic()
             root_alphas: dict[str, torch.Tensor] = {}
             lower, root = optimise_all(graph, Interval(problem.lower, problem.upper), problem.C,
@@ -492,13 +499,17 @@ class _Run:
                 margin = float(problem.margins(torch.arange(problem.n_cases, device=problem.lower.device), lower).min())
                 return self.result(Outcome.UNSAT, "alpha-crown", "alpha-CROWN (intermediate layers optimised) "
                                    f"refutes every output polytope; smallest margin {margin:.4g}", best_bound=margin)
-            if not self.relu_split_applies():
+            if self.general_split_applies():
+                outcome = general_split_bab(graph, problem, self.deadline, self.options.bab, progress, root,
+                                            root_alphas, falsify=self.falsify_from, root_lower=lower)
+            elif not self.relu_split_applies():
                 return None  # alpha-CROWN was the last word: no neuron splitting for this network
-            exact = self.small_network_milp(graph, root, refuted)
-            if exact is not None:
-                return exact
-            outcome = relu_split_bab(graph, problem, self.deadline, self.options.bab, progress, root, root_alphas,
-                                     falsify=self.falsify_from)
+            else:
+                exact = self.small_network_milp(graph, root, refuted)
+                if exact is not None:
+                    return exact
+                outcome = relu_split_bab(graph, problem, self.deadline, self.options.bab, progress, root,
+                                         root_alphas, falsify=self.falsify_from)
         self.details["bab"] = {"kind": kind, "visited": outcome.visited, "max_depth": outcome.max_depth,
                                "seconds": round(outcome.elapsed, 3)}
         if outcome.status == "unsat":
