@@ -4,6 +4,7 @@ All per-run state (intermediate intervals) lives in the caller's `bounds` dict.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -22,6 +23,11 @@ def concretize_lower(A: torch.Tensor, x: Interval) -> torch.Tensor:
     """min over x in the box of A·x; A (B, S, *shape), x (B|1, *shape) -> (B, S)."""
     mid, rad = x.center.unsqueeze(1), x.radius.unsqueeze(1)
     return flat_sum(A * mid) - flat_sum(A.abs() * rad)
+
+
+def _grad_mode(grad: bool) -> contextlib.AbstractContextManager:
+    """Bounds are constants for verification; certified training differentiates them."""
+    return contextlib.nullcontext() if grad else torch.no_grad()
 
 
 def _interval_of(graph: Graph, name: str, bounds: dict[str, Interval]) -> Interval:
@@ -135,7 +141,7 @@ def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
                         bounds: dict[str, Interval] | None = None,
                         prior: dict[str, Interval] | None = None,
                         splits: dict[str, torch.Tensor] | None = None,
-                        frozen: set[str] | None = None) -> dict[str, Interval]:
+                        frozen: set[str] | None = None, grad: bool = False) -> dict[str, Interval]:
     """Intervals for every value; inputs of nonlinear ops tightened by CROWN when asked.
 
     `prior` holds intervals known to be valid already (e.g. a parent sub-problem's, whose
@@ -143,7 +149,8 @@ def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
     `splits` maps pre-activation nodes to per-neuron sign decisions (B, numel) in {-1, 0, 1}
     (ReLU branch-and-bound): the sub-problem is the part of the box where those hold, so the
     intervals are clamped accordingly. Nodes in `frozen` keep their prior without CROWN (the
-    caller knows nothing upstream of them changed).
+    caller knows nothing upstream of them changed). `grad=True` keeps the autograd graph
+    (certified training: the intervals are differentiated w.r.t. the graph's constants).
     """
     users = graph.consumers()
     relaxed = pre_activation_nodes(graph)
@@ -163,7 +170,7 @@ def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
         shape = (low.shape[0], *interval.lower.shape[1:])
         return interval.intersect(Interval(low.reshape(shape), up.reshape(shape)))
 
-    with torch.no_grad():
+    with _grad_mode(grad):
         return propagate(graph, box, bounds, refine=refine)
 
 
@@ -172,16 +179,16 @@ def spec_lower_bounds(graph: Graph, box: Interval, C: torch.Tensor, method: str 
                       record: dict[str, torch.Tensor] | None = None,
                       prior: dict[str, Interval] | None = None,
                       splits: dict[str, torch.Tensor] | None = None,
-                      frozen: set[str] | None = None) -> torch.Tensor:
+                      frozen: set[str] | None = None, grad: bool = False) -> torch.Tensor:
     """Lower bounds of C·y over the box; C (B, S, n_outputs) over the flattened first output.
 
     A `bounds` dict passed in is filled with every intermediate interval (callers keep them
-    as `prior` for sub-problems of this box).
+    as `prior` for sub-problems of this box). `grad=True`: differentiable (certified training).
     """
     out = graph.outputs[0]
     shape = graph[out].shape
-    with torch.no_grad():
-        bounds = intermediate_bounds(graph, box, method, bounds, prior, splits, frozen)
+    with _grad_mode(grad):
+        bounds = intermediate_bounds(graph, box, method, bounds, prior, splits, frozen, grad=grad)
         C = C.reshape(C.shape[0], C.shape[1], *shape)
         if method == "ibp":
             return concretize_lower(C, bounds[out])

@@ -132,6 +132,9 @@ class LinearRule(MonotoneRule):
     def backward(self, node, A, xs, is_const):
         B, S = A.shape[:2]
         out_shape = A.shape[2:]
+        # keep the autograd graph when A or a constant (a trained weight) needs gradients
+        track = A.requires_grad or (torch.is_grad_enabled() and any(
+            c and x.lower.requires_grad for x, c in zip(xs, is_const)))
         with torch.enable_grad():
             args, wrt = [], []
             for x, const in zip(xs, is_const):
@@ -145,8 +148,8 @@ class LinearRule(MonotoneRule):
             out = self.forward(node, args)
             out = expand_batch(out, B * S)
             grads = torch.autograd.grad(out, wrt, A.reshape(B * S, *out_shape),
-                                        allow_unused=True, create_graph=A.requires_grad)
-        with torch.no_grad() if not A.requires_grad else torch.enable_grad():
+                                        allow_unused=True, create_graph=track)
+        with torch.no_grad() if not track else torch.enable_grad():
             zero_args = [x.lower if c else torch.zeros((1, *x.lower.shape[1:]), dtype=A.dtype, device=A.device)
                          for x, c in zip(xs, is_const)]
             offset = self.forward(node, zero_args)
