@@ -24,6 +24,8 @@ from .errors import SpecError
 from .model import Polytope, Spec, SpecCase
 
 MAX_DNF_TERMS = 100_000
+# '(vnnlib-version ...)' first (after comments): a VNN-LIB 2.0 query
+_VERSION_2 = re.compile(r"\A(?:\s|;[^\n]*)*\(\s*vnnlib-version(?![^\s();])")
 
 # SMT-LIB commands that carry no constraint; tolerated so that solver-style files load.
 _IGNORED_COMMANDS = {"set-logic", "set-info", "set-option", "check-sat", "get-model", "exit"}
@@ -45,6 +47,10 @@ def parse_vnnlib_text(text: str, source: str = "<string>") -> Spec:
     """Parse VNN-LIB text; ``source`` names it in error messages and ``Spec.source``."""
     if text.startswith("\ufeff"):
         text = " " + text[1:]  # keep offsets (and so columns) unchanged
+    if _VERSION_2.match(text):  # VNN-LIB 2.0 has its own reader and gives the same Spec
+        from .vnnlib2 import parse_vnnlib2_text
+
+        return parse_vnnlib2_text(text, source)
     src = Source(text, source)
     reading = read(src)
     if reading.is_empty():

@@ -187,12 +187,22 @@ def _configure_logging(args: argparse.Namespace) -> None:
 #: `verify <word> ...` runs another command; each lives in its own module with a
 #: `main(argv) -> int`, imported only when used so that `verify net spec` stays light.
 SUBCOMMANDS: dict[str, str] = {
+    "bench": "benchmarks.cli",  # the suite runner; the one place the CLI reaches benchmarks
+    "lipschitz": "verifier.lipschitz_cli",
+    "serve": "verifier.server",  # the warm verifier behind vnncomp/run_instance.sh
+    "supports": "verifier.supports_cli",  # VNN-LIB 2.0 capability queries
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     argv = list(sys.argv[1:] if argv is None else argv)
+    from verifier.vnnlib2_cli import is_vnnlib2_call
+
+    if is_vnnlib2_call(argv):  # `verify [verify] QUERY --network N=net.onnx`, `--name`, `--version`
+        from verifier.vnnlib2_cli import main as vnnlib2_main
+
+        return vnnlib2_main(argv)
     if argv and argv[0] in SUBCOMMANDS:
         import importlib
 
