@@ -31,16 +31,20 @@ _VERSION_2 = re.compile(r"\A(?:\s|;[^\n]*)*\(\s*vnnlib-version(?![^\s();])")
 _IGNORED_COMMANDS = {"set-logic", "set-info", "set-option", "check-sat", "get-model", "exit"}
 
 
-def parse_vnnlib(path: str | Path) -> Spec:
-    """Parse a ``.vnnlib`` file; gzip is recognised by its magic bytes."""
-    name = str(path)
+def read_spec_text(path: str | Path, what: str = "property file") -> str:
+    """A spec file's text; gzip is recognised by its magic bytes."""
     try:
         data = Path(path).read_bytes()
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as exc:
-        raise SpecError(f"{name}: cannot read the property file: {exc}") from exc
-    return parse_vnnlib_text(data.decode("utf-8", errors="replace"), source=name)
+        raise SpecError(f"{path}: cannot read the {what}: {exc}") from exc
+    return data.decode("utf-8", errors="replace")
+
+
+def parse_vnnlib(path: str | Path) -> Spec:
+    """Parse a ``.vnnlib`` file; gzip is recognised by its magic bytes."""
+    return parse_vnnlib_text(read_spec_text(path), source=str(path))
 
 
 def parse_vnnlib_text(text: str, source: str = "<string>") -> Spec:

@@ -20,10 +20,8 @@ with a located ``SpecParseError``.
 
 from __future__ import annotations
 
-import gzip
 import math
 import re
-import zlib
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
@@ -34,7 +32,7 @@ from ._logic import Atom, Evaluator, Lin
 from ._sexpr import NUMBER_RE, Item, Node, Source, _feed, item_start, show
 from .errors import SpecError
 from .model import Spec
-from .vnnlib import _VERSION_2, MAX_DNF_TERMS, _cases, _fold
+from .vnnlib import _VERSION_2, MAX_DNF_TERMS, _cases, _fold, read_spec_text
 
 _VERSION = re.compile(r"<?([0-9]+)\.([0-9]+)>?")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -92,14 +90,7 @@ def is_vnnlib2(text: str) -> bool:
 
 def parse_query(path: str | Path) -> Query:
     """Read a 2.0 query file (gzip recognised by its magic bytes)."""
-    name = str(path)
-    try:
-        data = Path(path).read_bytes()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise SpecError(f"{name}: cannot read the query file: {exc}") from exc
-    return parse_query_text(data.decode("utf-8", errors="replace"), source=name)
+    return parse_query_text(read_spec_text(path, "query file"), source=str(path))
 
 
 def parse_vnnlib2_text(text: str, source: str = "<string>") -> Spec:
