@@ -82,12 +82,16 @@ def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
     return bias
 
 
-def _refine_mask(interval: Interval, consumers: list[Node]) -> torch.Tensor:
-    """(B, numel) neurons whose relaxation would change with tighter bounds."""
+def _refine_mask(interval: Interval, consumers: list[Node], graph: Graph | None = None) -> torch.Tensor:
+    """(B, numel) neurons whose relaxation would change with tighter bounds.
+
+    Without `graph`, consumers whose nonlinearity depends on constness (a Mul of two
+    variables) are assumed nonlinear: refining too much is only slower."""
     exact = torch.ones_like(interval.lower, dtype=torch.bool)
     for user in consumers:
         rule = RULES[user.op]
-        if rule.needs_input_bounds:
+        is_const = [graph is not None and graph[n].is_constant for n in user.inputs]
+        if rule.needs_bounds(user, is_const):
             exact &= rule.exact_on(interval) if isinstance(rule, ActivationRule) else interval.lower == interval.upper
     return (~exact).flatten(1)
 
@@ -125,7 +129,8 @@ def crown_interval(graph: Graph, name: str, bounds: dict[str, Interval],
 
 def pre_activation_nodes(graph: Graph) -> set[str]:
     """Variable values whose intervals some nonlinear op's relaxation reads."""
-    return {n for node in graph.nodes if node.op in RULES and RULES[node.op].needs_input_bounds
+    return {n for node in graph.nodes if node.op in RULES
+            and RULES[node.op].needs_bounds(node, [graph[n].is_constant for n in node.inputs])
             for n in node.inputs if not graph[n].is_constant}
 
 
@@ -162,7 +167,7 @@ def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
             interval = apply_splits(interval, splits[node.name])
         if method != "crown" or node.name not in relaxed or (frozen is not None and node.name in frozen):
             return interval
-        mask = _refine_mask(interval, users[node.name])
+        mask = _refine_mask(interval, users[node.name], graph)
         if not bool(mask.any()):
             return interval
         known[node.name] = interval  # CROWN may cut through this node's own consumers' inputs

@@ -346,7 +346,10 @@ def _falsify_corner(graph: Graph, problem: SpecTensors, bounded: _Bounded, rows:
     """The input corner minimising each deciding row's linear bound, and whether it violates."""
     kept = bounded.domains
     n = len(kept)
-    A = bounded.record[graph.inputs[0]][torch.arange(n, device=rows.device), rows]
+    A_in = bounded.record.get(graph.inputs[0])
+    if A_in is None:  # every path to the input was cut (an IBP-only op such as MaxPool)
+        A_in = problem.lower.new_zeros(n, problem.C.shape[1], *problem.lower.shape[1:])
+    A = A_in[torch.arange(n, device=rows.device), rows]
     corner = torch.where(A > 0, problem.lower[kept.case], problem.upper[kept.case])
     with torch.no_grad():
         y = run(graph, corner)

@@ -136,7 +136,7 @@ def build_and_solve(graph: Graph, case: SpecCase, polytope_index: int, time_limi
                     m, cc = exprs[name]
                     exprs[name] = (torch.cat([m, torch.zeros(m.shape[0], width - m.shape[1], dtype=torch.float64)], 1), cc)
             continue
-        if not isinstance(rule, LinearRule) or rule.needs_input_bounds:
+        if not isinstance(rule, LinearRule) or rule.needs_bounds(node, [g64[n].is_constant for n in node.inputs]):
             raise NotImplementedError(f"MILP encoding has no rule for {node.describe()}")
         shapes = [tuple(g64[n].shape) for n in node.inputs]
         consts = [g64[n].value.unsqueeze(0).double() if g64[n].is_constant and g64[n].value.is_floating_point()
@@ -225,7 +225,7 @@ def milp_encodable(graph: Graph) -> bool:
             if isinstance(rule, LeakyRelu) and float(node.attrs.get("alpha", 0.01)) > 1:
                 return False
             continue
-        if not isinstance(rule, LinearRule) or rule.needs_input_bounds:
+        if not isinstance(rule, LinearRule) or rule.needs_bounds(node, [graph[n].is_constant for n in node.inputs]):
             return False
     return True
 

@@ -12,6 +12,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from bounds.graph.fuse_activations import unfuse_activations
+from bounds.graph.fuse_minmax import unfuse
 from bounds.graph.ir import CONSTANT, INPUT, Graph
 
 #: opset whose conventions the IR follows (bounds.graph.torch_import.OPSET)
@@ -30,6 +32,8 @@ def _array(value: torch.Tensor) -> np.ndarray:
 def to_onnx(graph: Graph, name: str | None = None) -> onnx.ModelProto:
     """An ONNX model computing `graph` (float32; inputs and outputs with the graph's shapes)."""
     schemas = {s.name for s in onnx.defs.get_all_schemas() if s.domain == ""}
+    graph = unfuse(graph)  # nnverify.MaxMin / GroupSort -> standard ops (they fuse again on import)
+    graph = unfuse_activations(graph)  # nnverify.Pow / SiLU, Gelu -> opset-17 ops (fused again on import)
     inits, nodes, inputs = [], [], []
     for node in graph.nodes:
         if node.op == INPUT:

@@ -45,7 +45,7 @@ def load_onnx(source: str | os.PathLike | bytes, *, canonical: bool = True) -> G
     _load_external_data(model, base_dir, label)
     builder = _Builder(model, opset, label)
     graph = builder.build()
-    graph = _fill_shapes(graph, builder.input_dtype, label)
+    graph = _fill_shapes(graph, builder.input_dtype, label, builder.dynamic_note)
     if canonical:
         graph = canonicalise(graph)
         check_supported(graph)
@@ -207,6 +207,11 @@ def _load_external_data(model: onnx.ModelProto, base_dir: Path | None, label: st
 # ---------------------------------------------------------------------------------------
 # values
 
+def _shape_text(shape) -> str:
+    return "[" + ", ".join(d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?")
+                           for d in shape.dim) + "]"
+
+
 def _type_name(code: int) -> str:
     return TensorProto.DataType.Name(code) if code in TensorProto.DataType.values() else str(code)
 
@@ -338,6 +343,7 @@ class _Builder:
         self.index: dict[str, Node] = {}
         self.input_name = ""
         self.input_dtype = torch.float32
+        self.dynamic_note = ""   # said when the model fails to evaluate (see _input_node)
 
     # -- helpers --------------------------------------------------------------------
     def add(self, node: Node) -> None:
@@ -405,6 +411,13 @@ class _Builder:
             raise ModelLoadError(f"{what} has element type {name}; nnverify verifies floating-point inputs only")
         if not tt.HasField("shape"):
             raise ModelLoadError(f"{what} has no declared shape; nnverify needs the input's rank")
+        # symbolic dimensions are taken as 1; beyond the leading (batch) one that may not be
+        # the network meant, so it is said in the error when the model then fails to evaluate
+        dynamic = [f"{i} ('{d.dim_param}')" if d.dim_param else str(i) for i, d in enumerate(tt.shape.dim)
+                   if i > 0 and not (d.HasField("dim_value") and d.dim_value > 0)]
+        if dynamic:
+            self.dynamic_note = (f"; {what} has dynamic (symbolic or unknown) dimension(s) {', '.join(dynamic)} "
+                                 f"in shape {_shape_text(tt.shape)}, taken as 1: give the model a static input shape")
         dims = tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim)
         self.input_name = value.name
         self.input_dtype = _FLOAT_TYPES[tt.elem_type]
@@ -447,6 +460,8 @@ class _Builder:
             value = None
         elif op == "Pad" and k == 2:  # constant_value omitted, axes given
             value = torch.tensor(0.0)
+        elif op == "Clip" and k == 1:  # min omitted, max given
+            value = torch.tensor(-math.inf)
         if value is None:
             raise UnsupportedOpError([(op, _node_label(proto), self.opset)],
                                      reasons=[f"its optional input #{k} is omitted while a later one is given"])
@@ -481,7 +496,7 @@ class _Builder:
             start += length
 
 
-def _fill_shapes(graph: Graph, dtype: torch.dtype, label: str) -> Graph:
+def _fill_shapes(graph: Graph, dtype: torch.dtype, label: str, note: str = "") -> Graph:
     """Every Node.shape from one evaluation on a zero input (symbolic dims already 1)."""
     from bounds.graph.interpret import EvaluationError, evaluate
 
@@ -491,7 +506,7 @@ def _fill_shapes(graph: Graph, dtype: torch.dtype, label: str) -> Graph:
             env = evaluate(graph, x, keep={n.name for n in graph.nodes})
     except EvaluationError as exc:
         raise ModelLoadError(f"{label} cannot be evaluated on its declared input shape "
-                             f"{list(graph.input.shape)}: {exc}") from exc
+                             f"{list(graph.input.shape)}: {exc}{note}") from exc
     nodes = []
     for node in graph.nodes:
         value = env[node.name]

@@ -7,6 +7,8 @@ them all to a fixed point:
 * fold_constants    nodes whose inputs are all constant (and Shape of anything) -> Constant
 * remove_identities Identity, Dropout and float->float Cast disappear
 * fuse_batchnorm    BatchNormalization after Conv / Gemm / MatMul+Add folded into the weights
+* fuse_activations  Pow by a constant, GELU and SiLU export patterns -> one node (bounds.graph.fuse_activations)
+* fuse_minmax       MaxMin / GroupSort export patterns -> one native node (bounds.graph.fuse_minmax)
 * remove_dead       nodes the outputs do not need are dropped
 """
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Callable
 import torch
 
 from bounds.errors import ModelLoadError, UnsupportedOpError
+from bounds.graph.fuse_activations import fuse_activations
+from bounds.graph.fuse_minmax import fuse_minmax
 from bounds.graph.ir import CONSTANT, INPUT, Graph, Node
 
 Pass = Callable[[Graph], "tuple[Graph, bool]"]
@@ -348,7 +352,8 @@ def remove_dead(graph: Graph) -> tuple[Graph, bool]:
     return check_graph(graph.replace(kept)), True
 
 
-PASSES: tuple[Pass, ...] = (fold_constants, remove_identities, fuse_batchnorm, remove_dead)
+PASSES: tuple[Pass, ...] = (fold_constants, remove_identities, fuse_batchnorm, fuse_activations, fuse_minmax,
+                            remove_dead)
 
 
 def canonicalise(graph: Graph, passes: tuple[Pass, ...] = PASSES) -> Graph:

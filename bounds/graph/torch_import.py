@@ -877,9 +877,9 @@ def _m_pad(mode: str) -> Callable:
 
 
 def _m_gelu(imp: _Importer, mod: nn.GELU, x: Any) -> str:
-    if mod.approximate != "none":
+    if mod.approximate not in ("none", "tanh"):
         raise _Skip(f"approximate={mod.approximate!r}")
-    return imp.unary("Gelu", x)
+    return imp.unary("Gelu", x, approximate=mod.approximate)
 
 
 def _m_softplus(imp: _Importer, mod: nn.Softplus, x: Any) -> str:
@@ -907,6 +907,10 @@ _MODULES: dict[type, Callable] = {
     nn.ELU: lambda imp, mod, x: imp.unary("Elu", x, alpha=float(mod.alpha)),
     nn.Softplus: _m_softplus,
     nn.Softsign: lambda imp, mod, x: imp.unary("Softsign", x),
+    # h1: unary ops of bounds.ops.silu / piecewise
+    nn.SiLU: lambda imp, mod, x: imp.unary("nnverify.SiLU", x),
+    nn.Hardsigmoid: lambda imp, mod, x: imp.unary("HardSigmoid", x, alpha=1 / 6, beta=0.5),
+    nn.Hardswish: lambda imp, mod, x: imp.unary("HardSwish", x),
     nn.Softmax: _m_softmax,
     nn.Flatten: lambda imp, mod, x: imp.reshape_to(x),
     nn.Unflatten: lambda imp, mod, x: imp.reshape_to(x),
@@ -1016,9 +1020,9 @@ def _f_relu6(imp, input, inplace=False):
 
 
 def _f_gelu(imp, input, approximate="none"):
-    if imp.static(approximate) != "none":
+    if imp.static(approximate) not in ("none", "tanh"):
         raise _Skip(f"approximate={imp.static(approximate)!r}")
-    return imp.unary("Gelu", input)
+    return imp.unary("Gelu", input, approximate=imp.static(approximate))
 
 
 def _f_elu(imp, input, alpha=1.0, inplace=False):
@@ -1231,6 +1235,10 @@ _FUNCTIONS: dict[Any, Callable] = {
     torch.exp: _f_unary("Exp"), torch.log: _f_unary("Log"), torch.sqrt: _f_unary("Sqrt"),
     torch.abs: _f_unary("Abs"), torch.sin: _f_unary("Sin"), torch.cos: _f_unary("Cos"),
     torch.erf: _f_unary("Erf"), torch.reciprocal: _f_unary("Reciprocal"),
+    # h1: unary ops of bounds.ops.s_shaped / silu / piecewise
+    torch.atan: _f_unary("Atan"), torch.arctan: _f_unary("Atan"), torch.sign: _f_unary("Sign"),
+    F.silu: _f_unary("nnverify.SiLU"), F.hardsigmoid: lambda imp, input, inplace=False: imp.unary(
+        "HardSigmoid", input, alpha=1 / 6, beta=0.5), F.hardswish: _f_unary("HardSwish"),
     operator.pow: _f_pow, torch.pow: _f_pow,
     F.dropout: _f_dropout, F.dropout1d: _f_dropout, F.dropout2d: _f_dropout, F.dropout3d: _f_dropout,
     F.alpha_dropout: _f_dropout,

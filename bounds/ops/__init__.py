@@ -1,18 +1,19 @@
 """The operator registry: ONNX op type -> stateless rule. One explicit literal, on purpose."""
 from __future__ import annotations
 
-from bounds.ops import conv, linear, relu, s_shaped, shape
+from bounds.ops import (bilinear, conv, convex, gelu, linear, minmax, norm, periodic, piecewise, relu, s_shaped, shape,
+                       silu, softmax)
 from bounds.ops.base import OpRule
 
 RULES: dict[str, OpRule] = {
     # affine
     "Gemm": linear.Gemm(),
-    "MatMul": linear.MatMul(),
+    "MatMul": bilinear.MatMul(),  # h2a: linear.MatMul with a constant operand, McCormick otherwise
     "Add": linear.Add(),
     "Sub": linear.Sub(),
     "Neg": linear.Neg(),
-    "Mul": linear.Mul(),
-    "Div": linear.Div(),
+    "Mul": bilinear.Mul(),  # h2a: linear.Mul with a constant operand, McCormick otherwise
+    "Div": bilinear.Div(),  # h2a: linear.Div with a constant operand, McCormick otherwise
     "BatchNormalization": linear.BatchNormalization(),
     "ReduceSum": linear.ReduceSum(),
     "ReduceMean": linear.ReduceMean(),
@@ -40,14 +41,51 @@ RULES: dict[str, OpRule] = {
     "ConstantOfShape": shape.ConstantOfShape(),
     "Range": shape.Range(),
     "Equal": shape.Equal(),
+    # normalisation over a group of values (h2a: bounds/ops/softmax.py)
+    "Softmax": softmax.Softmax(),
     # activations
     "Relu": relu.Relu(),
     "LeakyRelu": relu.LeakyRelu(),
     "Sigmoid": s_shaped.Sigmoid(),
     "Tanh": s_shaped.Tanh(),
-    # pooling (IBP only for now)
-    "MaxPool": conv.MaxPool(),
-    "GlobalMaxPool": conv.GlobalMaxPool(),
+    # unary nonlinearities (h1: convex.py, periodic.py, s_shaped.py; bounds.ops.curves relaxes them)
+    "Erf": s_shaped.Erf(),
+    "Atan": s_shaped.Atan(),
+    "Exp": convex.Exp(),
+    "Log": convex.Log(),
+    "Sqrt": convex.Sqrt(),
+    "Reciprocal": convex.Reciprocal(),
+    "Abs": convex.Abs(),
+    "Pow": convex.Pow(),  # IBP only; canonicalisation turns constant scalar exponents into:
+    convex.POW: convex.UnaryPow(),
+    "Sin": periodic.Sin(),
+    "Cos": periodic.Cos(),
+    "Gelu": gelu.Gelu(),
+    silu.SILU: silu.Silu(),
+    "Softplus": silu.Softplus(),
+    "Clip": piecewise.ClipInputs(),  # IBP only; canonicalisation turns constant limits into:
+    piecewise.CLIP: piecewise.Clip(),
+    "HardSigmoid": piecewise.HardSigmoid(),
+    "HardSwish": piecewise.HardSwish(),
+    "Sign": piecewise.Sign(),
+    "ThresholdedRelu": piecewise.ThresholdedRelu(),
+    # piecewise-linear selections (h2b: bounds/ops/minmax.py)
+    "Max": minmax.Max(),
+    "Min": minmax.Min(),
+    "ReduceMax": minmax.ReduceMax(),
+    "ReduceMin": minmax.ReduceMin(),
+    "MaxPool": minmax.MaxPool(),
+    "GlobalMaxPool": minmax.GlobalMaxPool(),
+    "TopK": minmax.TopK(),
+    "nnverify.GroupSort": minmax.GroupSort(),
+    "nnverify.MaxMin": minmax.MaxMin(),
+    "nnverify.PairDiff": minmax.PairDiff(),
+    # normalisation (h2b: bounds/ops/norm.py)
+    "LayerNormalization": norm.LayerNormalization(),
+    # linear plumbing (h2b: conv.py, shape.py)
+    "ConvTranspose": conv.ConvTranspose(),
+    "Resize": shape.Resize(),
+    "Upsample": shape.Upsample(),
 }
 
 __all__ = ["RULES", "OpRule"]

@@ -38,6 +38,11 @@ class OpRule:
                  is_const: Sequence[bool]) -> tuple[list[torch.Tensor | None], torch.Tensor]:
         raise NotImplementedError
 
+    def needs_bounds(self, node: Node, is_const: Sequence[bool]) -> bool:
+        """`needs_input_bounds` for one node: Mul / Div / MatMul are affine with a constant
+        operand and nonlinear (bilinear) with two variable ones, which only the node knows."""
+        return self.needs_input_bounds
+
     @property
     def has_ibp(self) -> bool:
         return type(self).ibp is not OpRule.ibp
@@ -203,6 +208,17 @@ class ActivationRule(MonotoneRule):
     def exact_on(self, x: Interval) -> torch.Tensor:
         """Where the relaxation is exact already, so tighter input bounds cannot help."""
         return x.lower == x.upper
+
+    def split_point(self, node: Node, x: Interval) -> torch.Tensor:
+        """Where branch-and-bound should split each neuron's input interval (B, *shape) to
+        shrink the relaxation gap most: a kink or inflection point inside, else the middle.
+        Any point of [lower, upper] is sound; this only steers convergence."""
+        return (x.lower + torch.maximum(x.upper, x.lower)) / 2
+
+    def slope_bounds(self, node: Node) -> tuple[float, float] | None:
+        """Global slope restriction [a, b] of the function (a <= f'(x) <= b everywhere, used
+        by LipSDP); None when the slope is unbounded or not known."""
+        return None
 
     def forward(self, node, xs):
         return self.fn(node, xs[0])

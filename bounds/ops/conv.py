@@ -1,4 +1,6 @@
-"""Convolution, padding and average pooling (all linear)."""
+"""Convolution, transposed convolution, padding and average pooling (all linear).
+
+Max pooling lives with the other piecewise-linear selections in bounds.ops.minmax."""
 from __future__ import annotations
 
 import math
@@ -6,12 +8,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from bounds.ops.base import LinearRule, MonotoneRule, int_list, sample_rank
+from bounds.ops.base import LinearRule, int_list, sample_rank
 from bounds.types import Interval
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
-_MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
@@ -200,27 +201,57 @@ class GlobalAveragePool(LinearRule):
         return x.mean(dim=dims, keepdim=True)
 
 
-class MaxPool(MonotoneRule):
-    """Monotone, so IBP is exact per endpoint; the CROWN rule arrives with the pooling issue."""
+class ConvTranspose(LinearRule):
+    """ONNX ConvTranspose (strides, dilations, group, pads / auto_pad / output_shape,
+    output_padding): the full transposed convolution, extended by output_padding and cropped
+    by the pads. Linear: the generic vector-Jacobian backward applies."""
 
-    def forward(self, node, xs):
-        x = xs[0]
-        kernel = list(node.attrs["kernel_shape"])
+    constant_inputs = (1, 2)
+
+    def _pads(self, node, in_spatial: list[int], kernel: list[int], strides: list[int],
+              dil: list[int], out_pad: list[int]) -> list[int]:
         n = len(kernel)
+        full = [s * (i - 1) + op + (k - 1) * d + 1
+                for i, k, s, d, op in zip(in_spatial, kernel, strides, dil, out_pad)]
+        auto = node.attrs.get("auto_pad", "NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        target = node.attrs.get("output_shape")
+        if target is None and auto in ("SAME_UPPER", "SAME_LOWER"):
+            target = [i * s for i, s in zip(in_spatial, strides)]
+        if target is None:
+            return list(node.attrs.get("pads", [0] * (2 * n)))
+        target = list(target)[-n:]
+        total = [f - t for f, t in zip(full, target)]
+        if auto == "SAME_UPPER":
+            return [t // 2 for t in total] + [t - t // 2 for t in total]
+        return [t - t // 2 for t in total] + [t // 2 for t in total]
+
+    def _conv_t(self, node, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        n = w.dim() - 2
+        kernel = list(w.shape[2:])
         strides = list(node.attrs.get("strides", [1] * n))
         dil = list(node.attrs.get("dilations", [1] * n))
-        pads = spatial_pads(node, list(x.shape[-n:]), kernel, strides, dil)
+        out_pad = list(node.attrs.get("output_padding", [0] * n))
+        pads = self._pads(node, list(x.shape[-n:]), kernel, strides, dil, out_pad)
+        if any(p < 0 for p in pads):
+            raise NotImplementedError("ConvTranspose with negative pads")
         flat, lead = merge_batch(x, n + 1)
-        if any(pads):
-            flat = F.pad(flat, torch_pad_arg(pads), value=float("-inf"))
-        ceil = bool(node.attrs.get("ceil_mode", 0))
-        y = _MAX[n](flat, kernel, strides, dilation=dil, ceil_mode=ceil)
-        if ceil:
-            y = _drop_padding_windows(y, list(x.shape[-n:]), kernel, strides, dil, pads)
+        y = _CONV_T[n](flat, w, None, stride=strides, padding=0, dilation=dil, groups=node.attrs.get("group", 1))
+        if any(out_pad):   # positions past the last kernel reach: only the bias lands there
+            y = F.pad(y, torch_pad_arg([0] * n + out_pad))
+        index = [slice(None), slice(None)] + [slice(pads[i], y.shape[2 + i] - pads[i + n]) for i in range(n)]
+        y = y[tuple(index)]
+        if b is not None:
+            y = y + b.reshape(-1, *([1] * n))
         return y.reshape(*lead, *y.shape[1:])
 
-
-class GlobalMaxPool(MaxPool):
     def forward(self, node, xs):
-        x = xs[0]
-        return x.amax(dim=tuple(range(3, x.dim())), keepdim=True)
+        b = xs[2][0] if len(xs) > 2 and xs[2] is not None else None
+        return self._conv_t(node, xs[0], xs[1][0], b)
+
+    def ibp(self, node, xs):
+        w = xs[1].lower[0]
+        b = xs[2].lower[0] if len(xs) > 2 and xs[2] is not None else None
+        mid = self._conv_t(node, xs[0].center, w, b)
+        rad = self._conv_t(node, xs[0].radius, w.abs(), None)
+        return Interval(mid - rad, mid + rad)

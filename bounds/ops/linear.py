@@ -34,14 +34,25 @@ class Gemm(LinearRule):
 
     def ibp(self, node, xs):
         alpha = node.attrs.get("alpha", 1.0)
-        a_lo, b_lo = self._operands(node, xs[0].lower, xs[1].lower)
-        a_hi, b_hi = self._operands(node, xs[0].upper, xs[1].upper)
-        a, b = Interval(a_lo, a_hi), Interval(b_lo, b_hi)
-        if torch.equal(b.lower, b.upper):
-            w = alpha * b.lower
-            mid, rad = a.center @ w, a.radius @ w.abs()
+        if xs[1].lower is xs[1].upper or torch.equal(xs[1].lower, xs[1].upper):
+            # a constant weight (the usual case): centre/radius form, two products instead of
+            # four. |W| is taken before the transpose and alpha scales the (small) products:
+            # elementwise ops over a transposed view of a large weight are slow on the CPU, and
+            # certified training pays for them again in the backward pass
+            w = xs[1].lower
+            if w.dim() == 3 and w.shape[0] == 1:
+                w = w.squeeze(0)   # the constant's batch dim: a 2-D weight keeps matmul one mm
+            w_abs = w.abs()
+            mid_in, w = self._operands(node, xs[0].center, w)
+            rad_in, w_abs = self._operands(node, xs[0].radius, w_abs)
+            mid, rad = mid_in @ w, rad_in @ w_abs
+            if alpha != 1.0:
+                mid, rad = alpha * mid, abs(alpha) * rad
             out = Interval(mid - rad, mid + rad)
         else:
+            a_lo, b_lo = self._operands(node, xs[0].lower, xs[1].lower)
+            a_hi, b_hi = self._operands(node, xs[0].upper, xs[1].upper)
+            a, b = Interval(a_lo, a_hi), Interval(b_lo, b_hi)
             p = _interval_product(a, b, torch.matmul)
             out = Interval(alpha * p.lower, alpha * p.upper) if alpha >= 0 else Interval(alpha * p.upper, alpha * p.lower)
         if len(xs) > 2:

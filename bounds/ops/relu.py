@@ -46,6 +46,17 @@ class Relu(ActivationRule):
     def project_alpha(self, node, alpha):
         return alpha.clamp(0.0, 1.0)
 
+    def split_point(self, node, x):
+        return kink_split(x)
+
+    def slope_bounds(self, node):
+        return (0.0, 1.0)
+
+
+def kink_split(x: Interval) -> torch.Tensor:
+    """0 where the interval straddles the kink (both children become exact), else the middle."""
+    return torch.where((x.lower < 0) & (x.upper > 0), torch.zeros_like(x.lower), x.center)
+
 
 class LeakyRelu(ActivationRule):
     exact_on = Relu.exact_on
@@ -64,6 +75,13 @@ class LeakyRelu(ActivationRule):
 
     def project_alpha(self, node, alpha):
         return alpha.clamp(self._slope(node), 1.0)
+
+    def split_point(self, node, x):
+        return kink_split(x)
+
+    def slope_bounds(self, node):
+        slope = self._slope(node)
+        return (min(slope, 1.0), max(slope, 1.0))
 
     def relax(self, node, x, alpha=None):
         slope = self._slope(node)

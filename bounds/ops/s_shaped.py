@@ -1,5 +1,7 @@
-"""S-shaped activations (sigmoid, tanh): convex left of 0, concave right of 0."""
+"""S-shaped activations (sigmoid, tanh, erf, atan): convex left of 0, concave right of 0."""
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -82,6 +84,16 @@ class SShaped(ActivationRule):
     def project_alpha(self, node, alpha):
         return alpha.clamp(0.0, 1.0)
 
+    #: the largest slope, f'(0)
+    max_slope = 1.0
+
+    def slope_bounds(self, node):
+        return (0.0, self.max_slope)
+
+    def split_point(self, node, x: Interval) -> torch.Tensor:
+        """The inflection point 0 when the interval straddles it, else the middle."""
+        return torch.where((x.lower < 0) & (x.upper > 0), torch.zeros_like(x.lower), x.center)
+
     def relax(self, node, x: Interval, alpha=None) -> Relaxation:
         """Chords where the function bends towards the line, tangents elsewhere. With `alpha`
         (B, S, 2, *shape) the lower / upper tangent points are those fractions of their
@@ -114,6 +126,8 @@ class SShaped(ActivationRule):
 
 
 class Sigmoid(SShaped):
+    max_slope = 0.25
+
     def f(self, x):
         return torch.sigmoid(x)
 
@@ -128,3 +142,23 @@ class Tanh(SShaped):
 
     def df(self, x):
         return 1 - torch.tanh(x) ** 2
+
+
+class Erf(SShaped):
+    """The Gauss error function (what exported GELUs are built from)."""
+
+    max_slope = 2 / math.sqrt(math.pi) + 1e-12
+
+    def f(self, x):
+        return torch.erf(x)
+
+    def df(self, x):
+        return (2 / math.sqrt(math.pi)) * torch.exp(-x * x)
+
+
+class Atan(SShaped):
+    def f(self, x):
+        return torch.atan(x)
+
+    def df(self, x):
+        return 1 / (1 + x * x)

@@ -226,3 +226,119 @@ class Equal(OpRule):
         a, b = align_ranks(*xs)
         return a == b
 
+
+
+# ---- resizing (h2b): nearest and linear interpolation with constant scales / sizes ------
+
+def _source_coordinate(i: torch.Tensor, mode: str, scale: float, n_in: int, n_out: int) -> torch.Tensor:
+    """ONNX coordinate_transformation_mode: output index -> (fractional) input coordinate."""
+    if mode == "half_pixel":
+        return (i + 0.5) / scale - 0.5
+    if mode == "pytorch_half_pixel":
+        return (i + 0.5) / scale - 0.5 if n_out > 1 else torch.zeros_like(i)
+    if mode == "asymmetric":
+        return i / scale
+    if mode == "align_corners":
+        return i * (n_in - 1) / (n_out - 1) if n_out > 1 else torch.zeros_like(i)
+    if mode == "tf_half_pixel_for_nn":
+        return (i + 0.5) / scale
+    raise NotImplementedError(f"Resize coordinate_transformation_mode '{mode}'")
+
+
+def _nearest(coord: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "floor":
+        return torch.floor(coord)
+    if mode == "ceil":
+        return torch.ceil(coord)
+    frac = coord - torch.floor(coord)
+    tie = frac == 0.5
+    if mode == "round_prefer_floor":
+        return torch.where(tie, torch.floor(coord), torch.round(coord))
+    if mode == "round_prefer_ceil":
+        return torch.where(tie, torch.ceil(coord), torch.round(coord))
+    raise NotImplementedError(f"Resize nearest_mode '{mode}'")
+
+
+def _attr(node, key: str, default: str) -> str:
+    v = node.attrs.get(key, default)
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _interpolation_matrix(node, n_in: int, n_out: int, scale: float, legacy: bool,
+                          dtype: torch.dtype, device) -> torch.Tensor:
+    """(n_out, n_in) weights of one axis (one-hot rows for nearest)."""
+    mode = _attr(node, "mode", "nearest")
+    i = torch.arange(n_out, dtype=torch.float64)
+    coord_mode = "asymmetric" if legacy else _attr(node, "coordinate_transformation_mode", "half_pixel")
+    coord = _source_coordinate(i, coord_mode, scale, n_in, n_out)
+    M = torch.zeros(n_out, n_in, dtype=torch.float64)
+    rows = torch.arange(n_out)
+    if mode == "nearest":
+        near_mode = "floor" if legacy else _attr(node, "nearest_mode", "round_prefer_floor")
+        idx = _nearest(coord, near_mode).long().clamp(0, n_in - 1)
+        M[rows, idx] = 1.0
+    elif mode == "linear":
+        lo = torch.floor(coord)
+        frac = coord - lo
+        lo = lo.long()
+        M.index_put_((rows, lo.clamp(0, n_in - 1)), 1.0 - frac, accumulate=True)
+        M.index_put_((rows, (lo + 1).clamp(0, n_in - 1)), frac, accumulate=True)
+    else:
+        raise NotImplementedError(f"Resize mode '{mode}' (nearest and linear are supported)")
+    return M.to(dtype=dtype, device=device)
+
+
+class Resize(LinearRule):
+    """ONNX Resize / Upsample with constant scales or sizes, modes nearest and linear
+    (separable per axis; each output is a convex combination of inputs, so the rule is
+    linear and monotone: IBP evaluates the ends, backward is the generic transpose)."""
+
+    constant_inputs = (1, 2, 3)
+
+    def _targets(self, node, xs) -> tuple[list[float | None], list[int | None], bool]:
+        rank = sample_rank(xs[0])
+        legacy = node.op == "Upsample" or (0 < node.opset < 11)
+        present = lambda k: len(xs) > k and xs[k] is not None and xs[k].numel() > 0   # noqa: E731
+        scales: list[float | None] = [None] * rank
+        sizes: list[int | None] = [None] * rank
+        if legacy:
+            raw = [float(v) for v in xs[1].reshape(-1).tolist()] if present(1) else list(node.attrs["scales"])
+            return raw, sizes, True
+        if _attr(node, "coordinate_transformation_mode", "half_pixel") == "tf_crop_and_resize":
+            raise NotImplementedError("Resize with tf_crop_and_resize")
+        if _attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+            raise NotImplementedError("Resize keep_aspect_ratio_policy other than stretch")
+        if node.attrs.get("antialias", 0):
+            raise NotImplementedError("Resize with antialias")
+        axes = [a % rank for a in node.attrs.get("axes", range(rank))]
+        if present(3):
+            for a, v in zip(axes, int_list(xs[3])):
+                sizes[a] = v
+        elif present(2):
+            for a, v in zip(axes, xs[2].reshape(-1).tolist()):
+                scales[a] = float(v)
+        return scales, sizes, False
+
+    def forward(self, node, xs):
+        x = xs[0]
+        scales, sizes, legacy = self._targets(node, xs)
+        for axis in range(sample_rank(x)):
+            n_in = x.shape[axis + 1]
+            if sizes[axis] is not None:
+                n_out = sizes[axis]
+                scale = n_out / n_in
+            elif scales[axis] is not None:
+                scale = scales[axis]
+                n_out = int(math.floor(n_in * scale))
+            else:
+                continue
+            if n_out == n_in and scale == 1.0:
+                continue
+            M = _interpolation_matrix(node, n_in, n_out, scale, legacy, x.dtype if x.is_floating_point()
+                                      else torch.float32, x.device)
+            x = torch.matmul(x.movedim(axis + 1, -1), M.T).movedim(-1, axis + 1)
+        return x
+
+
+class Upsample(Resize):
+    constant_inputs = (1,)
