@@ -23,6 +23,11 @@ class AlphaOptions:
     lr_decay: float = 0.98
     #: stop early once every row is proven (lower bound above this)
     stop_above: float | None = 0.0
+    #: optimise_all: weight of the intermediate bounds' own tightness in the objective. Each
+    #: intermediate neuron's bound has its own slopes, which the output bound alone moves
+    #: only as far as that neuron matters to it; pulling on every bound directly tightens
+    #: the intervals that all later relaxations are built on.
+    intermediate_weight: float = 1.0
 
 
 def init_alphas(graph: Graph, bounds: dict[str, Interval], rows: int) -> dict[str, torch.Tensor]:
@@ -30,10 +35,17 @@ def init_alphas(graph: Graph, bounds: dict[str, Interval], rows: int) -> dict[st
     alphas = {}
     for node in graph.nodes:
         rule = RULES.get(node.op)
+        init = None
         if isinstance(rule, ActivationRule) and node.inputs[0] in bounds:
             init = rule.init_alpha(node, bounds[node.inputs[0]])
-            if init is not None:
-                alphas[node.name] = init.unsqueeze(1).expand(init.shape[0], rows, *init.shape[1:]).clone()
+        elif hasattr(rule, "init_alpha_for"):  # multi-input rules (bounds.ops.bilinear)
+            is_const = [graph[n].is_constant for n in node.inputs]
+            if all(c or n in bounds for n, c in zip(node.inputs, is_const)):
+                xs = [Interval.point(graph[n].value.unsqueeze(0)) if c else bounds[n]
+                      for n, c in zip(node.inputs, is_const)]
+                init = rule.init_alpha_for(node, xs, is_const, node.shape)
+        if init is not None:
+            alphas[node.name] = init.unsqueeze(1).expand(init.shape[0], rows, *init.shape[1:]).clone()
     return alphas
 
 
@@ -122,6 +134,8 @@ def _finished(best: torch.Tensor, options: AlphaOptions, deadline) -> bool:
 
 def _ascend(opt: torch.optim.Optimizer, sched, lower: torch.Tensor) -> None:
     """One gradient step that raises the sum of the lower bounds."""
+    if not lower.requires_grad:
+        return  # no slope reaches the bound (e.g. cut by an IBP-only op): nothing to optimise
     opt.zero_grad()
     (-lower.sum()).backward()
     opt.step()
@@ -186,9 +200,12 @@ def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOpt
     for _ in range(max(1, options.iterations)):
         with torch.enable_grad():
             cur = dict(best)
+            pull = 0.0
             for name, rows, C_p in plans:
                 alphas = {act: p for (t, act), p in params.items() if t == name}
                 lb = backward_lower(graph, name, C_p, cur, alphas)
+                if options.intermediate_weight and lb.requires_grad:
+                    pull = pull + lb.sum()
                 k = len(rows)
                 flat_lo = best[name].lower.reshape(B, -1).clone()
                 flat_up = best[name].upper.reshape(B, -1).clone()
@@ -209,7 +226,7 @@ def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOpt
             best_out = current if best_out is None else torch.maximum(best_out, current)
         if _finished(best_out, options, deadline):
             break
-        _ascend(opt, sched, lb_out)
+        _ascend(opt, sched, lb_out.sum() + options.intermediate_weight * pull)
         with torch.no_grad():
             for (_, act), v in params.items():
                 v.copy_(RULES[graph[act].op].project_alpha(graph[act], v))

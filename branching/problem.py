@@ -84,6 +84,36 @@ class SpecTensors:
     def n_cases(self) -> int:
         return self.C.shape[0]
 
+    def open_part(self, refuted: torch.Tensor) -> tuple["SpecTensors", torch.Tensor]:
+        """The same cases with the polytopes in `refuted` (K, P) dropped, and the rows kept.
+
+        A polytope refuted on a whole box stays refuted on every part of it, so a search over
+        sub-boxes or neuron splits only needs the open ones' rows: bounding costs grow with the
+        row count. Returns the smaller problem and, per case, the old index of each new row
+        (K, R'); padding rows point at row 0 and carry zero coefficients.
+        """
+        K, R = self.group.shape
+        closed = refuted | ~self.real
+        keep = (self.group >= 0) & ~closed.gather(1, self.group.clamp(min=0))
+        width = max(1, int(keep.sum(1).max()))
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]
+        valid = keep.gather(1, order)
+        rows = torch.where(valid, order, torch.zeros_like(order))
+        n_out, P = self.C.shape[2], self.onehot.shape[2]
+        C = self.C.gather(1, rows.unsqueeze(-1).expand(K, width, n_out)) * valid.unsqueeze(-1).to(self.C.dtype)
+        d = torch.where(valid, self.d.gather(1, rows), torch.zeros_like(rows, dtype=self.d.dtype))
+        group = torch.where(valid, self.group.gather(1, rows), torch.full_like(rows, -1))
+        onehot = self.onehot.gather(1, rows.unsqueeze(-1).expand(K, width, P)) * valid.unsqueeze(-1).to(self.onehot.dtype)
+        return SpecTensors(self.lower, self.upper, C, d, group, onehot, self.real & ~closed), rows
+
+    @staticmethod
+    def take_rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Select rows (K, R') along dimension 1 of a per-row tensor (K or 1, R, ...)."""
+        K, width = rows.shape
+        t = t.expand(K, *t.shape[1:]) if t.shape[0] == 1 else t
+        index = rows.reshape(K, width, *([1] * (t.dim() - 2))).expand(K, width, *t.shape[2:])
+        return t.gather(1, index)
+
     def refuted(self, case: torch.Tensor, row_lower: torch.Tensor) -> torch.Tensor:
         """(N, P) bool: polytope proven unreachable, from lower bounds of C·y (N, R)."""
         proven = (certified_margin(row_lower, self.d[case]) > 0) & (self.group[case] >= 0)
