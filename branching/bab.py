@@ -166,7 +166,10 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
         batch, lower, margins = batch.take(open_.nonzero().flatten()), lower[open_], margins[open_]
         # the row deciding each domain: the best row of its worst polytope ~ the most negative margin row
         rows = _deciding_rows(problem, batch.case, lower)
-        A = coeffs[input_name][open_]
+        if input_name in coeffs:
+            A = coeffs[input_name][open_]
+        else:  # every path to the input was cut (an op bounded by IBP only, e.g. MaxPool)
+            A = batch.lower.new_zeros(len(batch), problem.C.shape[1], *batch.lower.shape[1:])
         candidates = torch.cat([_corner_candidates(batch, A, rows), (batch.lower + batch.upper) / 2])
         cases = batch.case.repeat(2)
         with torch.no_grad():

@@ -24,7 +24,7 @@ import torch
 
 from bounds.crown import spec_lower_bounds
 from bounds.graph.interpret import run as run_graph
-from branching.bab import BaBOutcome, input_split_bab
+from branching.bab import BaBOutcome, input_split_bab, is_out_of_memory
 from branching.milp import exact_search, milp_encodable, unstable_relus
 from branching.general_split import general_split_bab
 from branching.relu_split import relu_split_bab
@@ -88,6 +88,9 @@ def load_spec(spec: SpecLike) -> Spec:
 def load_model(model: ModelLike, spec: Spec, input_shape: tuple[int, ...] | None) -> tuple[Graph, Reference, str]:
     """(graph, independent reference for replays, short name)."""
     if isinstance(model, Graph):
+        from bounds.graph.passes import check_supported
+
+        check_supported(model)  # as load_onnx and from_torch do: weights a rule needs constant must be
         return model, GraphReference(model), model.name
     if isinstance(model, torch.nn.Module):
         from bounds.graph.torch_import import from_torch
@@ -100,7 +103,7 @@ def load_model(model: ModelLike, spec: Spec, input_shape: tuple[int, ...] | None
 
         path = Path(model)
         if not path.is_file():
-            raise ModelLoadError(f"{path}: no such model file")
+            raise ModelLoadError(f"{path}: " + ("not a file" if path.exists() else "no such model file"))
         graph = load_onnx(path)
         return graph, OnnxReference(path, tuple(graph.input.shape)), _stem(path)
     raise TypeError(f"model must be an ONNX path, a torch.nn.Module or a Graph, not {type(model).__name__}")
@@ -217,8 +220,16 @@ class _Run:
         self.details["crosscheck_max_diff"] = diff
 
     def sampling(self, targets: atk.Targets) -> tuple[Result | None, atk.AttackResult]:
-        res = atk.random_search(self.graph, targets, self.options.attack.random_samples, self.gen,
-                                self.deadline, self.options.attack.batch_size)
+        n = self.options.attack.random_samples
+        while True:
+            try:
+                res = atk.random_search(self.graph, targets, n, self.gen, self.deadline, self.options.attack.batch_size)
+                break
+            except (RuntimeError, MemoryError) as exc:
+                if n <= 1 or not is_out_of_memory(exc):
+                    raise
+                n //= 2
+                log.info("out of memory sampling; retrying with %d points per box", n)
         self.record_attack(targets, res)
         return self.try_candidates(res.candidates), res
 
@@ -237,8 +248,8 @@ class _Run:
             batch = live[pos:pos + chunk]
             try:
                 self._bound_batch(batch, margins, method)
-            except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
-                if chunk == 1:
+            except (RuntimeError, MemoryError) as exc:  # the CPU allocator reports RuntimeError
+                if chunk == 1 or not is_out_of_memory(exc):
                     raise
                 chunk = max(1, chunk // 2)
                 log.info("out of memory bounding %d boxes (%s); retrying with %d", len(batch), exc, chunk)
@@ -357,6 +368,13 @@ class _Run:
         except UnsupportedBoundError as exc:
             self.bound_error = str(exc)
             log.info("no bounds: %s", exc)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            # even one box at a time does not fit: go on with the attack alone (a slower answer)
+            self.bound_error = f"out of memory even for one input box ({' '.join(str(exc).split())[:200]})"
+            log.warning("no bounds: %s", self.bound_error)
+            self.margins = None
         self.timed(method, t)
         if self.margins is not None:
             open_keys = {(k, p) for k, ms in enumerate(self.margins) for p, m in enumerate(ms) if not m > 0}
@@ -390,7 +408,15 @@ class _Run:
         self.check("pgd")
         if complete:
             t = time.monotonic()
-            res = self.branch_and_bound()
+            try:
+                res = self.branch_and_bound()
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                # the searches shrink their batches first; this is one sub-problem not fitting
+                log.warning("branch and bound ran out of memory: %s", " ".join(str(exc).split())[:200])
+                self.details["bab_error"] = "out of memory"
+                res = None
             self.timed("bab", t)
             if res is not None:
                 return self.retime(res)
@@ -499,6 +525,11 @@ class _Run:
                 margin = float(problem.margins(torch.arange(problem.n_cases, device=problem.lower.device), lower).min())
                 return self.result(Outcome.UNSAT, "alpha-crown", "alpha-CROWN (intermediate layers optimised) "
                                    f"refutes every output polytope; smallest margin {margin:.4g}", best_bound=margin)
+            # the search only carries the polytopes alpha-CROWN left open (fewer rows to bound)
+            problem, rows = problem.open_part(refuted)
+            root_alphas = {k: SpecTensors.take_rows(v, rows) for k, v in root_alphas.items()
+                           if v.dim() >= 2 and v.shape[1] == lower.shape[1]}
+            lower = SpecTensors.take_rows(lower, rows)
             if self.general_split_applies():
                 outcome = general_split_bab(graph, problem, self.deadline, self.options.bab, progress, root,
                                             root_alphas, falsify=self.falsify_from, root_lower=lower)
@@ -583,6 +614,11 @@ def check_device(name: str) -> torch.device:
         raise ValueError(f"unknown device '{name}': {exc}") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device '{name}' was asked for but CUDA is not available here; use --device cpu")
+    if device.type == "cuda":
+        # TF32 keeps 10 mantissa bits: convolutions (cuDNN's default) and matmuls in it would
+        # err by ~1e-3 relative, far beyond the refutation slack; bounds need true float32/64
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     return device
 
 
@@ -627,6 +663,15 @@ def verify(model: ModelLike, spec: SpecLike, *, options: VerifyOptions | None = 
     try:
         run.check("loading")
         return run.run()
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        # the stages back off on their own where they can; past that, a clean `unknown`
+        reason = " ".join(str(exc).split())[:300]
+        log.warning("out of memory: %s", reason)
+        return Result(Outcome.UNKNOWN, time_s=deadline.elapsed(), instance=instance,
+                      details={"timings": run.timings, "error": "out of memory"},
+                      message=f"ran out of memory ({reason}); no verdict within the memory available")
     except _Timeout as exc:
         details = {"during": exc.during, "timings": run.timings, **exc.details}
         message = f"the time limit of {options.timeout:g} s ran out during {exc.during}"
