@@ -4,7 +4,8 @@
 
 A step is forward + loss + backward + optimiser update. "standard" uses cross-entropy on
 the clean batch; "ibp" / "crown-ibp" use verifier.training.CertifiedLoss (traced once,
-before timing: tracing is a one-off cost per model structure). Reports the median step time
+before timing: tracing is a one-off cost per model structure); the three kinds of step take
+turns, so load from other processes affects them alike. Reports the median step time
 and its ratio to the standard step for a small MLP and a small CNN with BatchNorm
 (in training mode, so the certified step also runs the clean forward for the batch
 statistics).
@@ -40,18 +41,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Callable[[], None], steps: int, device: torch.device) -> float:
-    """Median seconds of one step (after 3 warm-up steps)."""
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        t = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def time_steps(steps_by_name: dict[str, Callable[[], None]], rounds: int, device: torch.device) -> dict[str, float]:
+    """Median seconds of one step of each kind (after 3 warm-up steps each). The kinds take
+    turns, one step each per round, so a load change on a shared machine hits all alike."""
+    for step in steps_by_name.values():
+        for _ in range(3):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps_by_name}
+    for _ in range(rounds):
+        for name, step in steps_by_name.items():
+            _sync(device)
+            t = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def measure(make: Callable[[], nn.Module], batch: int, steps: int, device: torch.device) -> dict[str, float]:
@@ -75,10 +79,8 @@ def measure(make: Callable[[], nn.Module], batch: int, steps: int, device: torch
             opt.step()
         return step
 
-    out = {"standard": time_steps(standard, steps, device)}
-    out["ibp"] = time_steps(certified(CertifiedLoss("ibp")), steps, device)
-    out["crown-ibp"] = time_steps(certified(CertifiedLoss("crown-ibp"), mix=0.5), steps, device)
-    return out
+    return time_steps({"standard": standard, "ibp": certified(CertifiedLoss("ibp")),
+                       "crown-ibp": certified(CertifiedLoss("crown-ibp"), mix=0.5)}, steps, device)
 
 
 def main(argv: list[str] | None = None) -> int:

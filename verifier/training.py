@@ -17,9 +17,10 @@ that graph, so the loss is differentiable and runs wherever the parameters live.
 
 The same code computes the bounds here and in `verify`: the margins are
 `bounds.crown.spec_lower_bounds` on the model's graph with the rows e_y - e_j of the
-margin matrix (so CROWN bounds each margin directly). The only difference from the verifier's
-graph is that BatchNorm is kept as its own node instead of being folded into the previous
-layer, which is exact up to float rounding (tests/verifier/test_training.py holds this).
+margin matrix (so CROWN bounds each margin directly). The graph is the verifier's: BatchNorm
+is folded into the previous layer, here from the live tensors at every call, so the folded
+weights differ from the exported model's only by float rounding
+(tests/verifier/test_training.py holds this).
 
 Methods
   "ibp"        interval bounds everywhere (cheapest; the usual choice for training)
