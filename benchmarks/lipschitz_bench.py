@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The Lipschitz targets of issue 5, measured: exact cases, agreement with an interior-point
-solver, scale (5x100 and 2x400 ReLU nets on 784 inputs), Pauli et al. Table 1.
+solver, scale (5x100 and 2x400 ReLU nets on 784 inputs), residual networks (the whole-network
+SDP against the product of per-block SDP bounds), Pauli et al. Table 1.
 
-    .venv/bin/python benchmarks/lipschitz_bench.py [--skip-pauli] [--threads 2]
+    .venv/bin/python benchmarks/lipschitz_bench.py [--skip-pauli] [--only residual] [--threads 2]
 
 Random networks use weights N(0, 2/fan_in) (He initialisation) and seed 0. Every "upper" is
 the float64 certificate of the multipliers our solver returned; "lower" is a difference
@@ -19,6 +20,7 @@ import torch
 
 from bounds.lipschitz.bound import upper_bound
 from bounds.lipschitz.chain import Chain, elementwise, maxmin
+from bounds.lipschitz.dag import Dag
 from bounds.lipschitz.extract import chain_from_mat
 from bounds.lipschitz.lower import lower_bound
 from bounds.lipschitz.naive import naive_bound
@@ -84,6 +86,51 @@ def scale() -> None:
               f"({res.newton_steps} Newton steps)")
 
 
+def he_residual(n_in: int, width: int, hidden: int, blocks: int, n_out: int, act: str = "relu",
+                seed: int = 0) -> tuple[Dag, float]:
+    """x -> Win x -> blocks u <- u + W2 act(W1 u) -> R u, He-initialised (W2 scaled by 1/2), as a
+    Dag; and the compositional bound |Win| * prod_k L(block k) * |R| with each block's own SDP."""
+    gen = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    Win = torch.randn(width, n_in, generator=gen, dtype=f64) * math.sqrt(1 / n_in)
+    A = Win                                          # the stream u as a linear map of v = (x, h_1, ...)
+    weights, acts, product = [], [], float(torch.linalg.matrix_norm(Win, 2))
+    make = (lambda n: maxmin(n)) if act == "maxmin" else (lambda n: elementwise(act, n))
+    for _ in range(blocks):
+        W1 = torch.randn(hidden, width, generator=gen, dtype=f64) * math.sqrt(2 / width)
+        W2 = 0.5 * torch.randn(width, hidden, generator=gen, dtype=f64) * math.sqrt(1 / hidden)
+        weights.append(W1 @ A)
+        acts.append(make(hidden))
+        A = torch.cat([A, W2], 1)
+        block = Dag((W1, torch.cat([torch.eye(width, dtype=f64), W2], 1)), (make(hidden),))
+        product *= upper_bound(block, "neuron", 2).value
+    R = torch.randn(n_out, width, generator=gen, dtype=f64) * math.sqrt(1 / width)
+    weights.append(R @ A)
+    product *= float(torch.linalg.matrix_norm(R, 2))
+    return Dag(tuple(weights), tuple(acts), name=f"res-{act} {n_in}->{width} {blocks}x[{hidden}] ->{n_out}"), product
+
+
+def residual() -> None:
+    print("== residual networks: the whole-network SDP vs the product of per-block SDP bounds (l2)")
+    for args in ((20, 20, 40, 2, 10, "relu"), (20, 20, 40, 2, 10, "maxmin"), (784, 100, 100, 3, 10, "relu"),
+                 (784, 256, 256, 4, 10, "relu"), (784, 256, 256, 4, 10, "maxmin")):
+        net, product = he_residual(*args)
+        res = upper_bound(net, "neuron", 2)
+        low = lower_bound(net, net.n_inputs, 2, starts=8, steps=60).value
+        line = (f"{net.name}: upper {res.value:.6g} ({res.time_s:.1f} s, {res.newton_steps} Newton steps)  "
+                f"lower {low:.6g}  per-block product {product:.6g}  naive {naive_bound(net, 2):.6g}")
+        if net.n_inputs <= 20:
+            try:
+                from bounds.lipschitz.sdp_cvxpy import solve_cvxpy
+
+                t0 = time.monotonic()
+                raw, _ = solve_cvxpy(net, "neuron", 2)
+                line += f"  clarabel {raw:.8g} ({time.monotonic() - t0:.1f} s)"
+            except ImportError:
+                pass
+        print(line)
+
+
 def pauli() -> None:
     print("== Pauli et al. Table 1: weights_l2_18fc_128.mat (MaxMin, 18 layers of 128)")
     path = SHARED / "weights_l2_18fc_128.mat"
@@ -110,14 +157,20 @@ def pauli() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-pauli", action="store_true")
+    parser.add_argument("--only", choices=("exact", "interior", "scale", "residual", "pauli"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
+    if args.only:
+        {"exact": exact_cases, "interior": interior_point, "scale": scale, "residual": residual,
+         "pauli": pauli}[args.only]()
+        return
     exact_cases()
     interior_point()
     scale()
+    residual()
     if not args.skip_pauli:
         pauli()
 

@@ -22,12 +22,13 @@ import torch
 from bounds.graph.ir import Graph
 from bounds.lipschitz.bound import METHODS, upper_bound
 from bounds.lipschitz.chain import DTYPE, Chain, margin_vector
-from bounds.lipschitz.extract import chain_from_graph, load_network
+from bounds.lipschitz.dag import Dag
+from bounds.lipschitz.extract import load_network, network_from_graph
 from bounds.lipschitz.lower import lower_bound
 from bounds.lipschitz.naive import naive_bound
 from bounds.lipschitz.solver import SolverOptions
 
-ModelLike = Union[str, Path, Graph, Chain, torch.nn.Module]
+ModelLike = Union[str, Path, Graph, Chain, Dag, torch.nn.Module]
 
 
 @dataclass(frozen=True)
@@ -53,25 +54,26 @@ class LipschitzResult:
                 f"({self.method}, {self.time_s:.2f} s)")
 
 
-def load_chain(model: ModelLike, input_shape: tuple[int, ...] | None = None) -> Chain:
-    """A Chain from an ONNX / .mat path, a Graph, a torch module (needs input_shape) or a Chain."""
-    if isinstance(model, Chain):
+def load_chain(model: ModelLike, input_shape: tuple[int, ...] | None = None) -> Chain | Dag:
+    """A Chain (a Dag when there are skip connections) from an ONNX / .mat path, a Graph, a
+    torch module (needs input_shape), a Chain or a Dag."""
+    if isinstance(model, (Chain, Dag)):
         return model
     if isinstance(model, Graph):
-        return chain_from_graph(model)
+        return network_from_graph(model)
     if isinstance(model, torch.nn.Module):
         from bounds.graph.torch_import import from_torch
 
         if input_shape is None:
             raise ValueError("a torch module needs input_shape, e.g. (1, 784)")
-        return chain_from_graph(from_torch(model, tuple(input_shape)))
+        return network_from_graph(from_torch(model, tuple(input_shape)))
     if isinstance(model, (str, Path)):
         from bounds.errors import ModelLoadError
 
         if not Path(model).is_file():
             raise ModelLoadError(f"{model}: no such model file")
         return load_network(model)
-    raise TypeError(f"model must be a path, Graph, Chain or torch module, not {type(model).__name__}")
+    raise TypeError(f"model must be a path, Graph, Chain, Dag or torch module, not {type(model).__name__}")
 
 
 def _parse_norm(norm: float | str) -> float:

@@ -17,6 +17,7 @@ import torch
 from bounds.lipschitz import formulations, solver
 from bounds.lipschitz.certify import Certificate, Multipliers, certify
 from bounds.lipschitz.chain import Chain
+from bounds.lipschitz.dag import Dag
 from bounds.lipschitz.naive import naive_bound
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class UpperBound:
                 "timed_out": self.timed_out, "pullback": self.pullback}
 
 
-def _certify_pulled_back(chain: Chain, problem: formulations.Problem, iterates: list[torch.Tensor],
+def _certify_pulled_back(chain: Chain | Dag, problem: formulations.Problem, iterates: list[torch.Tensor],
                          norm: float) -> tuple[Certificate, Multipliers, float]:
     """Certify the last iterate; when the rounding margins reject it (optimal multipliers sit
     on the boundary of the LMI), mix in a little of the previous stage's iterate, which is
@@ -62,10 +63,12 @@ def _certify_pulled_back(chain: Chain, problem: formulations.Problem, iterates: 
     return Certificate(math.inf, math.inf, "no multipliers passed the certificate"), problem.unpack(ys[0]), math.inf
 
 
-def upper_bound(chain: Chain, method: str = "neuron", norm: float = 2,
+def upper_bound(chain: Chain | Dag, method: str = "neuron", norm: float = 2,
                 options: solver.SolverOptions = solver.SolverOptions(),
                 start: Multipliers | None = None) -> UpperBound:
-    """A certified upper bound on the l2 (or l-inf -> l2 for norm=inf) Lipschitz constant."""
+    """A certified upper bound on the l2 (or l-inf -> l2 for norm=inf) Lipschitz constant of a
+    chain or of a network with skip connections (Dag: the exact LipSDP over all activation
+    outputs, not a product of per-block bounds)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got '{method}'")
     begin = time.monotonic()

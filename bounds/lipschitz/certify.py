@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from bounds.lipschitz.chain import DTYPE, Activation, Chain
+from bounds.lipschitz.dag import Dag
 
 #: relative slack against rounding: -S_i must stay positive definite after subtracting
 #: this fraction of its norm, and the final constant is raised by this fraction
@@ -120,9 +121,56 @@ def reduced_input_form(chain: Chain, mult: Multipliers) -> tuple[torch.Tensor | 
     return (S + S.T) / 2, ""
 
 
-def certify(chain: Chain, mult: Multipliers, norm: float = 2) -> Certificate:
+def dag_reduced_input_form(net: Dag, mult: Multipliers) -> tuple[torch.Tensor | None, str]:
+    """reduced_input_form for networks with skip connections.
+
+    The matrix of q is no longer block tridiagonal: layer i's constraint couples its block
+    with every block its pre-activation reads (sources[i-1] .. i-1), and the output term
+    couples blocks sources[l] .. l. Eliminating h_l, h_{l-1}, ... by Schur complements still
+    works; the matrix E being eliminated is dense on the window of blocks from the earliest
+    block read by any layer already added up to the current one (two blocks for a chain, where
+    this is exactly reduced_input_form)."""
+    W = net.weights
+    l = len(net.activations)
+    if len(mult.layers) != l:
+        raise ValueError(f"{len(mult.layers)} multiplier layers for {l} activation layers")
+    off = net.offsets
+    src = net.sources
+    qcs = [qc_matrices(a, m) for a, m in zip(net.activations, mult.layers)]
+    lo = src[l]
+    Wo = W[l][:, off[lo]:]
+    E = Wo.T @ Wo                                          # the output term |W_out v|^2
+    for i in range(l, 0, -1):
+        P_i, R_i, Q_i = qcs[i - 1]
+        new_lo = min(lo, src[i - 1])
+        if new_lo < lo:                                    # widen the window to the blocks layer i reads
+            pad = off[lo] - off[new_lo]
+            E = torch.nn.functional.pad(E, (pad, 0, pad, 0))
+            lo = new_lo
+        a = off[i] - off[lo]                               # block i starts at row a of the window
+        Wi = W[i - 1][:, off[lo]:off[i]]
+        E = E.clone()
+        E[:a, :a] += Wi.T @ P_i @ Wi
+        B = Wi.T @ R_i
+        E[:a, a:] += B
+        E[a:, :a] += B.T
+        E[a:, a:] -= Q_i
+        L = _negdef_factor(E[a:, a:])
+        if L is None:
+            return None, f"the Schur complement of activation layer {i} is not negative definite"
+        Y = torch.linalg.solve_triangular(L, E[a:, :a], upper=False)
+        E = E[:a, :a] + Y.T @ Y
+    if lo > 0:                                             # nothing reads the input
+        E = torch.zeros(net.n_inputs, net.n_inputs, dtype=DTYPE)
+    return (E + E.T) / 2, ""
+
+
+def certify(chain: Chain | Dag, mult: Multipliers, norm: float = 2) -> Certificate:
     """The Lipschitz constant the multipliers prove (l2 -> l2, or l-inf -> l2 for norm=inf)."""
-    K, reason = reduced_input_form(chain, mult)
+    if isinstance(chain, Dag):
+        K, reason = dag_reduced_input_form(chain, mult)
+    else:
+        K, reason = reduced_input_form(chain, mult)
     if K is None:
         return Certificate(math.inf, math.inf, reason)
     n = K.shape[0]
@@ -155,4 +203,5 @@ def _confirm(matrix, value: float) -> float:
     raise ArithmeticError("the certificate's final Cholesky test keeps failing")
 
 
-__all__ = ["Multipliers", "Certificate", "certify", "qc_matrices", "reduced_input_form", "ROUNDING_SLACK"]
+__all__ = ["Multipliers", "Certificate", "certify", "qc_matrices", "reduced_input_form", "dag_reduced_input_form",
+           "ROUNDING_SLACK"]

@@ -21,6 +21,7 @@ import torch
 
 from bounds.graph.ir import CONSTANT, INPUT, Graph, Node
 from bounds.lipschitz.chain import DTYPE, Activation, Chain, Piece
+from bounds.lipschitz.dag import Dag
 
 #: slope bounds of the activations nnverify knows, when the rule does not say itself
 SLOPES = {"Relu": (0.0, 1.0), "Sigmoid": (0.0, 0.25), "Tanh": (0.0, 1.0),
@@ -44,8 +45,8 @@ def _rules():
 def slope_bounds(node: Node) -> tuple[float, float] | None:
     rule = _rules().get(node.op)
     own = getattr(rule, "slope_bounds", None)
-    if callable(own):
-        a, b = own(node)
+    if callable(own) and (got := own(node)) is not None:   # None: unbounded or unknown slope
+        a, b = got
         return float(a), float(b)
     if node.op == "LeakyRelu":
         alpha = float(node.attrs.get("alpha", 0.01))
@@ -75,6 +76,15 @@ def _maxmin_trios(graph: Graph) -> dict[str, tuple[str, str, str, str]]:
 
 def chain_from_graph(graph: Graph) -> Chain:
     """The chain of a feed-forward graph (raises ChainError naming what does not fit)."""
+    return _network(graph, allow_skips=False)
+
+
+def network_from_graph(graph: Graph) -> Chain | Dag:
+    """A Chain when the graph is one, else the network with its skip connections (Dag)."""
+    return _network(graph, allow_skips=True)
+
+
+def _network(graph: Graph, allow_skips: bool) -> Chain | Dag:
     graph = _float64(graph)
     trios = _maxmin_trios(graph)
     trio_nodes = {n for a, b, mx, mn in trios.values() for n in (mx, mn)} | \
@@ -89,6 +99,8 @@ def chain_from_graph(graph: Graph) -> Chain:
         if node.name in trios:
             a, b, mx, mn = trios[node.name]
             units.append(("maxmin", (a, b), (mx, mn), node))
+        elif node.op in ("nnverify.MaxMin", "nnverify.GroupSort"):   # fused by bounds.graph.fuse_minmax
+            units.append(("sort", (node.inputs[0],), (node.name,), node))
         elif node.op in ("Max", "Min"):
             bad.append(f"{node.describe()} (a Max without its Min on the same pair, or vice versa)")
             continue
@@ -113,13 +125,13 @@ def chain_from_graph(graph: Graph) -> Chain:
             sources[node.name] = frozenset().union(*(sources[i] for i in node.inputs))
     level = {graph.inputs[0]: 0}
     layers: list[list[int]] = []
+    skips: list[str] = []
     for k, (kind, ins, outs, node) in enumerate(units):
         deps = frozenset().union(*(sources[i] for i in ins))
-        lv = {level[d] for d in deps}
+        lv = {level[d] for d in deps} or {0}
         if len(lv) != 1:
-            raise ChainError(f"{node.describe()} reads activations of several layers {sorted(lv)}: residual "
-                             f"connections are not supported by the chain formulation")
-        here = lv.pop() + 1
+            skips.append(f"{node.describe()} reads activations of layers {sorted(lv)}")
+        here = max(lv) + 1
         for out in outs:
             level[out] = here
         while len(layers) < here:
@@ -128,40 +140,93 @@ def chain_from_graph(graph: Graph) -> Chain:
     out_deps = sources[graph.outputs[0]]
     lv = {level[d] for d in out_deps}
     if lv != {len(layers)}:
-        raise ChainError(f"the output reads activations of layers {sorted(lv)}, not only the last one "
-                         f"({len(layers)}): residual connections are not supported")
+        skips.append(f"the output reads activations of layers {sorted(lv)}")
+    if skips and not allow_skips:
+        raise ChainError("; ".join(skips) + ": residual connections are not supported by the chain "
+                         "formulation (network_from_graph reads them)")
+    if skips:
+        return _assemble_dag(graph, units, layers, sources)
     return _assemble(graph, units, layers)
+
+
+def _activation(graph: Graph, units, layer: list[int]) -> tuple[Activation, list[str], list[str]]:
+    """One activation layer from its units: (activation, unit inputs, unit outputs), the
+    neurons ordered as the inputs are."""
+    ins: list[str] = []
+    for k in layer:
+        ins.extend(units[k][1])
+    sizes = [int(math.prod(graph[v].shape)) for v in ins]
+    pieces, pos, outs = [], 0, []
+    for k in layer:
+        kind, uin, uout, node = units[k]
+        if kind == "maxmin":
+            m = sizes[len(outs)]
+            idx = torch.stack([torch.arange(pos, pos + m), torch.arange(pos + m, pos + 2 * m)], 1)
+            pieces.append(Piece("sort", idx))
+            pos += 2 * m
+        elif kind == "sort":
+            from bounds.ops.minmax import group_index
+            pieces.append(Piece("sort", pos + group_index(node, tuple(graph[uin[0]].shape))))
+            pos += sizes[len(outs)]
+        else:
+            m = sizes[len(outs)]
+            lo, hi = slope_bounds(node)
+            param = float(node.attrs.get("alpha", 0.01)) if node.op == "LeakyRelu" else None
+            kindname = KINDS.get(node.op, "slope")
+            fn = None
+            if kindname == "slope":
+                fn = _elementwise_fn(node)
+            pieces.append(Piece(kindname, torch.arange(pos, pos + m), lo, hi, param, fn))
+            pos += m
+        outs.extend(uout)
+    return Activation(pos, tuple(pieces)), ins, outs
+
+
+def _assemble_dag(graph: Graph, units, layers: list[list[int]], sources: dict[str, frozenset[str]]) -> Dag:
+    """Every affine segment (into a layer's pre-activations, or into the output) is read off
+    over exactly the values it depends on, then placed at their columns of v = (x, h_1, ...)."""
+    x = graph.inputs[0]
+    column = {x: 0}                               # value -> its first column in v
+    width = int(math.prod(graph[x].shape))
+    weights, biases, acts = [], [], []
+
+    def segment(targets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        deps = sorted(frozenset().union(*(sources[t] for t in targets)), key=lambda v: column[v])
+        n_out = sum(int(math.prod(graph[t].shape)) for t in targets)
+        full = torch.zeros(n_out, width, dtype=DTYPE)
+        if not deps:
+            W, b = _segment(graph, [], targets)
+            return full, b
+        W, b = _segment(graph, deps, targets)
+        pos = 0
+        for d in deps:
+            m = int(math.prod(graph[d].shape))
+            full[:, column[d]:column[d] + m] = W[:, pos:pos + m]
+            pos += m
+        return full, b
+
+    for layer in layers:
+        act, ins, outs = _activation(graph, units, layer)
+        W, b = segment(ins)
+        weights.append(W)
+        biases.append(b)
+        acts.append(act)
+        for v in outs:
+            column[v] = width
+            width += int(math.prod(graph[v].shape))
+    W, b = segment([graph.outputs[0]])
+    weights.append(W)
+    biases.append(b)
+    return Dag(tuple(weights), tuple(acts), tuple(biases), graph.name, int(math.prod(graph[x].shape)))
 
 
 def _assemble(graph: Graph, units, layers: list[list[int]]) -> Chain:
     weights, biases, acts = [], [], []
     prev = [graph.inputs[0]]
     for layer in layers:
-        ins: list[str] = []
-        for k in layer:
-            ins.extend(units[k][1])
+        act, ins, outs = _activation(graph, units, layer)
         W, b = _segment(graph, prev, ins)
-        sizes = [int(math.prod(graph[v].shape)) for v in ins]
-        pieces, pos, outs = [], 0, []
-        for k in layer:
-            kind, uin, uout, node = units[k]
-            if kind == "maxmin":
-                m = sizes[len(outs)]
-                idx = torch.stack([torch.arange(pos, pos + m), torch.arange(pos + m, pos + 2 * m)], 1)
-                pieces.append(Piece("sort", idx))
-                pos += 2 * m
-            else:
-                m = sizes[len(outs)]
-                lo, hi = slope_bounds(node)
-                param = float(node.attrs.get("alpha", 0.01)) if node.op == "LeakyRelu" else None
-                kindname = KINDS.get(node.op, "slope")
-                fn = None
-                if kindname == "slope":
-                    fn = _elementwise_fn(node)
-                pieces.append(Piece(kindname, torch.arange(pos, pos + m), lo, hi, param, fn))
-                pos += m
-            outs.extend(uout)
-        acts.append(Activation(pos, tuple(pieces)))
+        acts.append(act)
         weights.append(W)
         biases.append(b)
         prev = outs
@@ -277,8 +342,9 @@ def _rewrite_max_min(model) -> int:
     return count
 
 
-def load_network(source: str | Path) -> Chain:
-    """A Chain from an ONNX file (MaxMin as Max / Min pairs allowed) or a MATLAB .mat file."""
+def load_network(source: str | Path) -> Chain | Dag:
+    """A Chain (or, with skip connections, a Dag) from an ONNX file (MaxMin as Max / Min pairs
+    allowed) or a MATLAB .mat file."""
     path = Path(source)
     if path.suffix == ".mat":
         return chain_from_mat(path)
@@ -296,8 +362,10 @@ def load_network(source: str | Path) -> Chain:
         graph = load_onnx(model.SerializeToString())
     else:
         graph = load_onnx(path)
-    chain = chain_from_graph(graph)
-    return Chain(chain.weights, chain.activations, chain.biases, path.stem)
+    net = network_from_graph(graph)
+    if isinstance(net, Dag):
+        return Dag(net.weights, net.activations, net.biases, path.stem, net.n_inputs)
+    return Chain(net.weights, net.activations, net.biases, path.stem)
 
 
 def chain_from_mat(path: str | Path, activation: str = "maxmin") -> Chain:
@@ -318,4 +386,4 @@ def chain_from_mat(path: str | Path, activation: str = "maxmin") -> Chain:
     return Chain(tuple(ws), acts, name=Path(path).stem)
 
 
-__all__ = ["chain_from_graph", "load_network", "chain_from_mat", "slope_bounds", "ChainError"]
+__all__ = ["chain_from_graph", "network_from_graph", "load_network", "chain_from_mat", "slope_bounds", "ChainError"]

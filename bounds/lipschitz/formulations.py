@@ -29,6 +29,7 @@ import torch
 
 from bounds.lipschitz.certify import Multipliers
 from bounds.lipschitz.chain import DTYPE, Chain
+from bounds.lipschitz.dag import Dag
 
 METHODS = ("neuron", "layer")
 
@@ -48,6 +49,14 @@ class Atoms:
     U: torch.Tensor            # sparse (n_factors, R): z factors first, then h factors
     coef: torch.Tensor         # (R,)
     var: torch.Tensor          # (R,) int64 variable index
+    src: int = -1              # first block W reads (W's columns: blocks src..block-1); -1: block-1
+
+    @property
+    def first(self) -> int:
+        """The first block this atom set touches."""
+        if self.W is None:
+            return self.block
+        return self.block - 1 if self.src < 0 else self.src
 
     @property
     def n_z(self) -> int:
@@ -111,7 +120,7 @@ class Atoms:
 class Problem:
     sizes: list[int]                  # block sizes: input (reduced), then hidden layers
     atoms: list[Atoms]
-    const: torch.Tensor               # M0 restricted to the last block
+    const: torch.Tensor               # M0 restricted to blocks const_src..last
     cost: torch.Tensor                # (V,) objective: 1 on rho / gamma
     positive: torch.Tensor            # (V,) bool: variables that must stay > 0
     layout: list[list[tuple[torch.Tensor, ...]]]   # layer -> piece -> variable indices to unpack
@@ -119,6 +128,7 @@ class Problem:
     norm: float
     factors: list[float]              # multiplier scale per layer back to the original chain
     objective_factor: float           # rho / gamma scale back to the original chain
+    const_src: int = -1               # first block M0 covers (blocks const_src..last); -1: last only
 
     @property
     def offsets(self) -> list[int]:
@@ -170,26 +180,47 @@ def _pow2(x: float) -> float:
     return 2.0 ** round(math.log2(x)) if x > 0 else 1.0
 
 
-def build(chain: Chain, method: str = "neuron", norm: float = 2) -> Problem:
-    """The low-rank LMI of LipSDP-`method` for the chain (norm 2 or inf)."""
+def _layer_maps(net: Chain | Dag) -> list[tuple[torch.Tensor, int]]:
+    """(matrix, first block read) of every pre-activation map and of the output map k
+    (k = 0..l): the matrix reads the blocks src..k side by side."""
+    if isinstance(net, Chain):
+        return [(w, k) for k, w in enumerate(net.weights)]
+    off = net.offsets
+    return [(w[:, off[s]:], s) for w, s in zip(net.weights, net.sources)]
+
+
+def build(chain: Chain | Dag, method: str = "neuron", norm: float = 2) -> Problem:
+    """The low-rank LMI of LipSDP-`method` for the chain or the network with skips (norm 2 or inf)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got '{method}'")
     if norm not in (2, math.inf):
         raise ValueError(f"norm must be 2 or inf, got {norm}")
-    W = list(chain.weights)
+    maps = _layer_maps(chain)
+    srcs = [s for _, s in maps]
     l = len(chain.activations)
-    # exact rescaling by powers of two: q_orig = S^2 q_scaled with h_i = c_i h~_i
-    s = [_pow2(float(torch.linalg.matrix_norm(w, 2))) for w in W]
-    W = [w / si for w, si in zip(W, s)]
+    n0 = chain.n_inputs
+    block_sizes = [n0] + [a.size for a in chain.activations]
+    # exact rescaling by powers of two: h_j = c_j h~_j (c_0 = 1) and z_k = c_k z~_k keep every
+    # quadratic constraint homogeneous; map k becomes W_k diag(c_src..c_k) / c_{k+1}, with
+    # c_{k+1} a power of two near that matrix's norm (for a chain, c_i = s_0 ... s_{i-1})
     c = [1.0]
-    for si in s[:-1]:
-        c.append(c[-1] * si)                      # c_i = s_0 ... s_{i-1}
-    S2 = math.prod(s) ** 2
+    W = []
+    for k, (w, src) in enumerate(maps):
+        scale = torch.cat([torch.full((block_sizes[j],), c[j], dtype=DTYPE) for j in range(src, k + 1)])
+        ws = w * scale
+        c.append(_pow2(float(torch.linalg.matrix_norm(ws, 2))) if ws.numel() else 1.0)
+        W.append(ws / c[-1])
+    S2 = c[-1] ** 2                               # the output's scale S
     factors = [S2 / c[i] ** 2 for i in range(1, l + 1)]
-    if norm == 2 and W[0].shape[1] > W[0].shape[0]:
-        _, _, Vh = torch.linalg.svd(W[0], full_matrices=False)
-        W[0] = W[0] @ Vh.T                        # same W0'AW0 spectrum on the row space
-    n0 = W[0].shape[1]
+    # l2: only the row space of the maps that read x matters (the rest of x only adds
+    # -rho |x_perp|^2 <= 0), so the input block shrinks to its dimension when that is smaller
+    readers = [k for k in range(l + 1) if srcs[k] == 0]
+    rows = sum(W[k].shape[0] for k in readers)
+    if norm == 2 and n0 > rows:
+        _, _, Vh = torch.linalg.svd(torch.cat([W[k][:, :n0] for k in readers]), full_matrices=False)
+        for k in readers:
+            W[k] = torch.cat([W[k][:, :n0] @ Vh.T, W[k][:, n0:]], 1)
+        n0 = Vh.shape[0]
     sizes = [n0] + [a.size for a in chain.activations]
 
     nv = 0
@@ -268,13 +299,13 @@ def build(chain: Chain, method: str = "neuron", norm: float = 2) -> Problem:
                     pieces_layout.append((v1, None))  # type: ignore[arg-type]
         U = torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(vals),
                                     (2 * n, R), check_invariants=False).coalesce()
-        atoms.append(Atoms(i, W[i - 1], U, torch.cat(coefs), torch.cat(vars_)))
+        atoms.append(Atoms(i, W[i - 1], U, torch.cat(coefs), torch.cat(vars_), srcs[i - 1]))
         layout.append(pieces_layout)
 
     cost = torch.zeros(nv, dtype=DTYPE)
     cost[obj] = 1.0
     const = W[l].T @ W[l]
-    problem = Problem(sizes, atoms, const, cost, torch.cat(positive), layout, obj, norm, factors, S2)
+    problem = Problem(sizes, atoms, const, cost, torch.cat(positive), layout, obj, norm, factors, S2, srcs[l])
     _fix_householder_layout(problem)
     return problem
 
@@ -292,13 +323,14 @@ def assemble(problem: Problem, y: torch.Tensor) -> torch.Tensor:
     off = problem.offsets
     n = off[-1]
     N = torch.zeros(n, n, dtype=DTYPE)
-    N[off[-2]:, off[-2]:] -= problem.const
+    c0 = off[-2] if problem.const_src < 0 else off[problem.const_src]
+    N[c0:, c0:] -= problem.const
     for at in problem.atoms:
         ll, lh, hh = at.blocks(y)
         b0, b1 = off[at.block], off[at.block + 1]
         N[b0:b1, b0:b1] -= hh
         if ll is not None:
-            a0, a1 = off[at.block - 1], off[at.block]
+            a0, a1 = off[at.first], off[at.block]
             N[a0:a1, a0:a1] -= ll
             N[a0:a1, b0:b1] -= lh
             N[b0:b1, a0:a1] -= lh.T

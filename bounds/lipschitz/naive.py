@@ -7,6 +7,7 @@ import torch
 
 from bounds.lipschitz.certify import ROUNDING_SLACK
 from bounds.lipschitz.chain import Chain
+from bounds.lipschitz.dag import Dag
 
 
 def layer_norm(w: torch.Tensor, norm: float) -> float:
@@ -16,12 +17,21 @@ def layer_norm(w: torch.Tensor, norm: float) -> float:
     return float(w.abs().sum(1).max())
 
 
-def naive_bound(chain: Chain, norm: float = 2) -> float:
+def naive_bound(chain: Chain | Dag, norm: float = 2) -> float:
     """prod_i |W_i| * prod_i Lip(act_i): l2 -> l2, or l-inf -> l-inf for norm=inf.
 
     (An l-inf -> l-inf bound also bounds the l-inf -> l2 constant only up to sqrt(outputs),
     so for whole-output l-infinity the SDP and this baseline measure different things; for
-    one margin y_i - y_j they coincide.)"""
+    one margin y_i - y_j they coincide.)
+
+    With skip connections: L_0 = 1, L_i = Lip(act_i) sum_j |W_ij| L_j over the blocks j that
+    layer i reads (the triangle inequality), and the output likewise."""
+    if isinstance(chain, Dag):
+        lips = [1.0]
+        for i in range(len(chain.weights)):
+            total = sum(layer_norm(chain.block(i, j), norm) * lips[j] for j in range(i + 1))
+            lips.append(total * (chain.activations[i].lipschitz if i < len(chain.activations) else 1.0))
+        return lips[-1] * (1 + ROUNDING_SLACK * (2 * len(chain.weights) + 1))
     value = math.prod(layer_norm(w, norm) for w in chain.weights)
     value *= math.prod(a.lipschitz for a in chain.activations)
     return value * (1 + ROUNDING_SLACK * (len(chain.weights) + 1))

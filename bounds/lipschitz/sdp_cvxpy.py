@@ -13,6 +13,7 @@ import torch
 
 from bounds.lipschitz.certify import Certificate, Multipliers, certify
 from bounds.lipschitz.chain import DTYPE, Chain
+from bounds.lipschitz.dag import Dag
 
 
 def available() -> bool:
@@ -60,11 +61,13 @@ def _layer_qc(cp, act, method: str):
     return P, R, Q, variables
 
 
-def solve_cvxpy(chain: Chain, method: str = "neuron", norm: float = 2, solver: str = "CLARABEL",
+def solve_cvxpy(chain: Chain | Dag, method: str = "neuron", norm: float = 2, solver: str = "CLARABEL",
                 **solver_kw) -> tuple[float, Certificate]:
     """(the solver's raw bound, our certificate of its multipliers)."""
     import cvxpy as cp
 
+    if isinstance(chain, Dag):
+        return _solve_dag(chain, method, norm, solver, **solver_kw)
     W = [w.numpy() for w in chain.weights]
     l = len(chain.activations)
     layers = [_layer_qc(cp, a, method) for a in chain.activations]
@@ -114,7 +117,58 @@ def solve_cvxpy(chain: Chain, method: str = "neuron", norm: float = 2, solver: s
     return raw, _pull_back(chain, Multipliers(tuple(mult_layers), g), method, norm)
 
 
-def _pull_back(chain: Chain, mult: Multipliers, method: str, norm: float) -> Certificate:
+def _solve_dag(net: Dag, method: str, norm: float, solver: str, **solver_kw) -> tuple[float, Certificate]:
+    """The full (dense) LMI over v = (x, h_1, ..., h_l) of a network with skip connections:
+    |W_out v|^2 - rho|x|^2 + sum_i QC_i(F_i v, E_i v) <= 0, F_i = weights[i-1] padded to v."""
+    import cvxpy as cp
+
+    off = net.offsets
+    N = off[-1]
+    layers = [_layer_qc(cp, a, method) for a in net.activations]
+    Wo = np.zeros((net.n_outputs, N))
+    Wo[:, :net.weights[-1].shape[1]] = net.weights[-1].numpy()
+    M = Wo.T @ Wo
+    E0 = np.zeros((off[1], N))
+    E0[:, :off[1]] = np.eye(off[1])
+    if norm == 2:
+        rho = cp.Variable(nonneg=True)
+        M = M - rho * (E0.T @ E0)
+        objective = rho
+    else:
+        gamma = cp.Variable(off[1], nonneg=True)
+        M = M - E0.T @ cp.diag(gamma) @ E0
+        objective = cp.sum(gamma)
+    for i, (P, R, Q, _) in enumerate(layers, start=1):
+        F = np.zeros((net.activations[i - 1].size, N))
+        F[:, :off[i]] = net.weights[i - 1].numpy()
+        E = np.zeros((net.activations[i - 1].size, N))
+        E[:, off[i]:off[i + 1]] = np.eye(net.activations[i - 1].size)
+        cross = F.T @ R @ E
+        M = M + F.T @ P @ F + cross + cross.T - E.T @ Q @ E
+    prob = cp.Problem(cp.Minimize(objective), [(M + M.T) / 2 << 0])
+    prob.solve(solver=solver, **solver_kw)
+    if prob.status not in ("optimal", "optimal_inaccurate"):
+        raise ArithmeticError(f"cvxpy/{solver} ended with status {prob.status}")
+    raw = math.sqrt(max(float(prob.value), 0.0))
+    mult = Multipliers(tuple(_values(variables) for (_, _, _, variables) in layers),
+                       None if norm == 2 else torch.as_tensor(gamma.value, dtype=DTYPE))
+    return raw, _pull_back(net, mult, method, norm)
+
+
+def _values(variables) -> tuple[torch.Tensor, ...]:
+    ms = []
+    for kind, var, size in variables:
+        if kind == "e":
+            ms.append(torch.as_tensor(np.broadcast_to(var.value, (size,)).copy(), dtype=DTYPE))
+        else:
+            l1, l2 = var
+            a = np.broadcast_to(l1.value, (size,))
+            b = np.broadcast_to(l2.value, (size,)) if l2 is not None else np.zeros(size)
+            ms.append(torch.as_tensor(np.stack([a, b], -1), dtype=DTYPE))
+    return tuple(ms)
+
+
+def _pull_back(chain: Chain | Dag, mult: Multipliers, method: str, norm: float) -> Certificate:
     """Interior-point answers sit on the boundary of the LMI: certify them mixed with a
     little of a strictly feasible point (the LMI is convex, so the mix is feasible)."""
     from bounds.lipschitz.formulations import build

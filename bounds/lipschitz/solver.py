@@ -56,8 +56,13 @@ def _components(problem: Problem) -> list[tuple[int, int]]:
     n_blocks = len(problem.sizes)
     joined = [False] * n_blocks                # joined[b]: block b is coupled with block b - 1
     for at in problem.atoms:
-        if at.W is not None and at.couples:
-            joined[at.block] = True
+        if at.W is not None:
+            for b in range(at.first + 1, at.block):   # W'CW couples every block W reads (skips)
+                joined[b] = True
+            if at.couples:
+                joined[at.block] = True
+    for b in range(problem.const_src + 1, n_blocks) if problem.const_src >= 0 else ():
+        joined[b] = True                       # an output reading several blocks couples them
     off = problem.offsets
     comps, start = [], 0
     for b in range(1, n_blocks):
@@ -73,7 +78,7 @@ class _Barrier:
         self.p = problem
         self.comps = _components(problem)
         off = problem.offsets
-        self.rows = [(off[a.block - 1] if a.W is not None else off[a.block], off[a.block + 1]) for a in problem.atoms]
+        self.rows = [(off[a.first], off[a.block + 1]) for a in problem.atoms]
         self.Ut = [a.U.t().coalesce() for a in problem.atoms]
         self.comp_of_row = torch.zeros(off[-1], dtype=torch.int64)
         for k, (a, b) in enumerate(self.comps):
@@ -136,7 +141,7 @@ class _Barrier:
         hpart = cols(b0, b1, b1 - b0)
         if B.W is None:
             return hpart
-        a0, a1 = off[B.block - 1], off[B.block]
+        a0, a1 = off[B.first], off[B.block]
         return torch.cat([cols(a0, a1, a1 - a0) @ B.W.T, hpart], 1)
 
     def derivatives(self, y: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +184,7 @@ def _factor_rows_impl(A, X: torch.Tensor, off: list[int], c0: int, c1: int) -> t
     hpart = X[b0:b1, c0:c1]
     if A.W is None:
         return hpart
-    a0, a1 = off[A.block - 1], off[A.block]
+    a0, a1 = off[A.first], off[A.block]
     return torch.cat([A.W @ X[a0:a1, c0:c1], hpart], 0)
 
 
@@ -329,28 +334,40 @@ def _predict(bar: _Barrier, y: torch.Tensor, t: float, t_new: float, H: torch.Te
 def initial_point(problem: Problem, margin: float = 1.5) -> torch.Tensor:
     """A strictly feasible point: one scalar per layer for all positive multipliers, free
     ones 0, chosen from the last layer backwards so that every Schur complement of N is
-    positive definite; then rho (or every gamma) above what the input block needs."""
+    positive definite; then rho (or every gamma) above what the input block needs.
+
+    E is what is left of N on a window of blocks [lo, i] once the layers after i are
+    eliminated (blocks i-1, i for a chain; wider where a layer reads earlier blocks)."""
     y = torch.zeros(problem.n_vars, dtype=DTYPE)
     atoms = problem.atoms
     n_layers = len(atoms) - 1
-    # contribution of layer i with unit multipliers: blocks (lo, lo), (lo, hi), (hi, hi) of N
-    parts = []
-    for at in atoms[1:]:
-        unit = problem.positive.to(DTYPE)
-        ll, lh, hh = at.blocks(unit)
-        parts.append((-ll, -lh, -hh))
-    E = -problem.const                         # what block l holds before its own multipliers
+    off = problem.offsets
+    unit = problem.positive.to(DTYPE)
+    lo = n_layers if problem.const_src < 0 else problem.const_src
+    E = -problem.const                         # N on blocks lo..l before any multiplier
     for i in range(n_layers, 0, -1):
-        ll, lh, hh = parts[i - 1]
-        d = hh.diagonal().clamp(min=1e-300).rsqrt()
-        need = float(torch.linalg.eigvalsh(-(E * d[:, None] * d[None, :]))[-1])
-        tau = max(margin * need, 1e-3)
         at = atoms[i]
+        ll, lh, hh = (-m for m in at.blocks(unit))
+        if at.first < lo:                      # widen the window to the blocks layer i reads
+            pad = off[lo] - off[at.first]
+            E = torch.nn.functional.pad(E, (pad, 0, pad, 0))
+            lo = at.first
+        a = off[i] - off[lo]                   # block i starts at row a of the window
+        r = off[at.first] - off[lo]            # (always 0: the window starts at the earliest read)
+        d = hh.diagonal().clamp(min=1e-300).rsqrt()
+        need = float(torch.linalg.eigvalsh(-(E[a:, a:] * d[:, None] * d[None, :]))[-1])
+        tau = max(margin * need, 1e-3)
         y[at.var[problem.positive[at.var]]] = tau
-        S = E + tau * hh                          # Schur complement of block i, > 0
+        S = E[a:, a:] + tau * hh                  # Schur complement of block i, > 0
         L = torch.linalg.cholesky(S)
-        Y = torch.linalg.solve_triangular(L, (tau * lh).T, upper=False)
-        E = tau * ll - Y.T @ Y                    # block i-1 before its own multipliers
+        cross = E[:a, a:].clone()
+        cross[r:] += tau * lh
+        Y = torch.linalg.solve_triangular(L, cross.T, upper=False)
+        E = E[:a, :a].clone()
+        E[r:, r:] += tau * ll
+        E = E - Y.T @ Y                           # blocks lo..i-1 before their own multipliers
+    if lo > 0:
+        E = torch.zeros(off[1], off[1], dtype=DTYPE)
     need = float(torch.linalg.eigvalsh(-E)[-1])
     y[problem.objective_vars] = max(margin * need, 1e-3)
     return y
