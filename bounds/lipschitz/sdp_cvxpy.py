@@ -101,20 +101,9 @@ def solve_cvxpy(chain: Chain | Dag, method: str = "neuron", norm: float = 2, sol
     if prob.status not in ("optimal", "optimal_inaccurate"):
         raise ArithmeticError(f"cvxpy/{solver} ended with status {prob.status}")
     raw = math.sqrt(max(float(prob.value), 0.0))
-    mult_layers = []
-    for (_, _, _, variables) in layers:
-        ms = []
-        for kind, var, size in variables:
-            if kind == "e":
-                ms.append(torch.as_tensor(np.broadcast_to(var.value, (size,)).copy(), dtype=DTYPE))
-            else:
-                l1, l2 = var
-                a = np.broadcast_to(l1.value, (size,))
-                b = np.broadcast_to(l2.value, (size,)) if l2 is not None else np.zeros(size)
-                ms.append(torch.as_tensor(np.stack([a, b], -1), dtype=DTYPE))
-        mult_layers.append(tuple(ms))
+    mult_layers = tuple(_values(variables) for (_, _, _, variables) in layers)
     g = None if norm == 2 else torch.as_tensor(gamma.value, dtype=DTYPE)
-    return raw, _pull_back(chain, Multipliers(tuple(mult_layers), g), method, norm)
+    return raw, _pull_back(chain, Multipliers(mult_layers, g), method, norm)
 
 
 def _solve_dag(net: Dag, method: str, norm: float, solver: str, **solver_kw) -> tuple[float, Certificate]:
