@@ -102,6 +102,15 @@ def memory_batch_size(graph: Graph, rows: int, dtype: torch.dtype, device: torch
     return max(1, min(cap, fit))
 
 
+def input_coefficients(record: dict[str, torch.Tensor], name: str, n: int, rows: int,
+                       like: torch.Tensor) -> torch.Tensor:
+    """(n, rows, *input shape) coefficients of the input `name` in a recorded linear bound;
+    zeros when every path to the input was cut (an op bounded by IBP only), so that no input
+    corner is preferred. `like` is a batched input tensor (dtype, device, shape)."""
+    A = record.get(name)
+    return A if A is not None else like.new_zeros(n, rows, *like.shape[1:])
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """torch reports exhausted memory as OutOfMemoryError on GPUs and RuntimeError on the CPU."""
     if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
@@ -166,10 +175,7 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
         batch, lower, margins = batch.take(open_.nonzero().flatten()), lower[open_], margins[open_]
         # the row deciding each domain: the best row of its worst polytope ~ the most negative margin row
         rows = _deciding_rows(problem, batch.case, lower)
-        if input_name in coeffs:
-            A = coeffs[input_name][open_]
-        else:  # every path to the input was cut (an op bounded by IBP only, e.g. MaxPool)
-            A = batch.lower.new_zeros(len(batch), problem.C.shape[1], *batch.lower.shape[1:])
+        A = input_coefficients(coeffs, input_name, len(open_), problem.C.shape[1], batch.lower)[open_]
         candidates = torch.cat([_corner_candidates(batch, A, rows), (batch.lower + batch.upper) / 2])
         cases = batch.case.repeat(2)
         with torch.no_grad():

@@ -33,8 +33,8 @@ from bounds.graph.ir import Graph, Node
 from bounds.ops import RULES
 from bounds.ops.base import ActivationRule
 from bounds.types import Interval
-from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, is_out_of_memory, memory_batch_size,
-                           shrink_batch, stop_reason)
+from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, input_coefficients, is_out_of_memory,
+                           memory_batch_size, shrink_batch, stop_reason)
 from branching.problem import SpecTensors
 from branching.split_points import SplitPoints, SplitTableOptions, mean_gap
 
@@ -346,9 +346,7 @@ def _falsify_corner(graph: Graph, problem: SpecTensors, bounded: _Bounded, rows:
     """The input corner minimising each deciding row's linear bound, and whether it violates."""
     kept = bounded.domains
     n = len(kept)
-    A_in = bounded.record.get(graph.inputs[0])
-    if A_in is None:  # every path to the input was cut (an IBP-only op such as MaxPool)
-        A_in = problem.lower.new_zeros(n, problem.C.shape[1], *problem.lower.shape[1:])
+    A_in = input_coefficients(bounded.record, graph.inputs[0], n, problem.C.shape[1], problem.lower)
     A = A_in[torch.arange(n, device=rows.device), rows]
     corner = torch.where(A > 0, problem.lower[kept.case], problem.upper[kept.case])
     with torch.no_grad():

@@ -21,8 +21,8 @@ from bounds.graph.ir import Graph
 from bounds.ops import RULES
 from bounds.ops.relu import LeakyRelu, Relu
 from bounds.types import Interval
-from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, is_out_of_memory, memory_batch_size,
-                           shrink_batch, stop_reason)
+from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, input_coefficients, is_out_of_memory,
+                           memory_batch_size, shrink_batch, stop_reason)
 from branching.problem import SpecTensors
 
 
@@ -307,9 +307,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         n = len(idx)
         rows = _deciding_rows(problem, batch.case[idx], lower_sub)
         # falsification: the input corner minimising the deciding row's linear bound
-        A_in = record.get(graph.inputs[0])
-        if A_in is None:  # every path to the input was cut (an IBP-only op such as MaxPool)
-            A_in = box.lower.new_zeros(n, problem.C.shape[1], *box.lower.shape[1:])
+        A_in = input_coefficients(record, graph.inputs[0], n, problem.C.shape[1], box.lower)
         A_row = A_in[torch.arange(n, device=device), rows]
         corner = torch.where(A_row > 0, box.lower, box.upper)
         with torch.no_grad():
