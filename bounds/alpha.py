@@ -2,15 +2,21 @@
 
 Every iteration's bound is a valid CROWN bound for the current parameters, so keeping the
 elementwise best over iterations is sound.
+
+When the bounds are float64 (the CPU default) the gradient search runs in float32, about
+twice as fast; the parameters it finds are then evaluated once more in float64 and only
+that evaluation is reported. The search precision decides how good the slopes are, never
+whether the reported bound is sound.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 
 from bounds.crown import _refine_mask, backward_lower, concretize_lower, intermediate_bounds, pre_activation_nodes
-from bounds.graph.ir import Graph
+from bounds.graph.ir import Graph, graph_to
 from bounds.ops import RULES
 from bounds.ops.base import ActivationRule
 from bounds.types import Interval
@@ -28,6 +34,38 @@ class AlphaOptions:
     #: only as far as that neuron matters to it; pulling on every bound directly tightens
     #: the intervals that all later relaxations are built on.
     intermediate_weight: float = 1.0
+    #: search in float32 when the bounds are float64 (see the module docstring)
+    search_float32: bool = True
+
+
+_SEARCH_GRAPHS: "weakref.WeakKeyDictionary[Graph, Graph]" = weakref.WeakKeyDictionary()
+
+
+def _search_graph(graph: Graph) -> Graph:
+    """The float32 copy of a float64 graph, made once per graph."""
+    copy = _SEARCH_GRAPHS.get(graph)
+    if copy is None:
+        copy = _SEARCH_GRAPHS[graph] = graph_to(graph, dtype=torch.float32)
+    return copy
+
+
+def _searches_low(C: torch.Tensor, options: AlphaOptions) -> bool:
+    return options.search_float32 and C.dtype == torch.float64
+
+
+def _as(dtype: torch.dtype, bounds: dict[str, Interval]) -> dict[str, Interval]:
+    return {k: Interval(v.lower.to(dtype), v.upper.to(dtype)) for k, v in bounds.items()}
+
+
+def _exact_params(params: dict, fallback: dict, dtype: torch.dtype) -> dict:
+    """Search results in the bound precision; a parameter the float32 search spoiled (NaN,
+    e.g. from a constant float32 cannot hold) falls back to its starting value."""
+    out = {}
+    for k, v in params.items():
+        v = v.detach().to(dtype)
+        bad = torch.isnan(v)
+        out[k] = torch.where(bad, fallback[k].detach().to(dtype).expand_as(v), v) if bool(bad.any()) else v
+    return out
 
 
 def init_alphas(graph: Graph, bounds: dict[str, Interval], rows: int) -> dict[str, torch.Tensor]:
@@ -77,14 +115,24 @@ def bound_with(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str, Int
 
 def optimise_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str, Interval],
                    options: AlphaOptions = AlphaOptions(), alphas: dict[str, torch.Tensor] | None = None,
-                   deadline=None, splits: dict[str, torch.Tensor] | None = None
+                   deadline=None, splits: dict[str, torch.Tensor] | None = None,
+                   record: dict[str, torch.Tensor] | None = None
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Best lower bound of C·value(target) over the iterations, and the best parameters.
 
     With `splits` (pre-activation -> (B, numel) signs), a multiplier beta >= 0 per split
     neuron and row is optimised too (beta-CROWN): it makes the bound respect the splits.
-    Parameters come back keyed by node name, betas under "beta:" + name.
+    Parameters come back keyed by node name, betas under "beta:" + name. A `record` dict
+    receives the coefficients of the returned bound (see crown.backward_lower).
     """
+    if _searches_low(C, options):
+        start = alphas if alphas is not None else init_alphas(graph, bounds, C.shape[1])
+        _, found = optimise_lower(_search_graph(graph), target, C.float(), _as(torch.float32, bounds), options,
+                                  {k: v.float() for k, v in start.items()}, deadline, splits)
+        found = _exact_params(found, {**start, **{k: torch.zeros_like(v) for k, v in found.items()
+                                                  if k not in start}}, C.dtype)
+        with torch.no_grad():
+            return bound_with(graph, target, C, bounds, found, splits, record=record), found
     if alphas is None:
         alphas = init_alphas(graph, bounds, C.shape[1])
     alphas = dict(alphas)
@@ -124,6 +172,9 @@ def optimise_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
                     v.clamp_(min=0)
                 else:
                     v.copy_(RULES[graph[name].op].project_alpha(graph[name], v))
+    if record is not None:
+        with torch.no_grad():
+            bound_with(graph, target, C, bounds, best_params, splits, record=record)
     return best, best_params
 
 
@@ -169,11 +220,45 @@ def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOpt
     C = C.reshape(C.shape[0], C.shape[1], *graph[out].shape)
     with torch.no_grad():
         bounds = intermediate_bounds(graph, box, "crown")
-    best = {k: Interval(v.lower.clone(), v.upper.clone()) for k, v in bounds.items()}
+    plans = _plans(graph, bounds, C)
+    B = max(v.lower.shape[0] for v in bounds.values())
+    params: dict[tuple[str, str], torch.Tensor] = {}
+    for name, _, C_p in plans + [(out, None, C)]:
+        upstream = graph.ancestors(name)
+        for act, init in init_alphas(graph, bounds, C_p.shape[1]).items():
+            if act in upstream and act != name:
+                params[(name, act)] = init.expand(B, *init.shape[1:]).clone()
+    if not params:
+        with torch.no_grad():
+            return backward_lower(graph, out, C, bounds), bounds
+    if _searches_low(C, options):
+        low_plans = [(name, rows, C_p.float()) for name, rows, C_p in plans]
+        _, kept, _ = _search_all(_search_graph(graph), _as(torch.float32, bounds), low_plans, C.float(),
+                                 {k: v.float() for k, v in params.items()}, options, deadline)
+        kept = _exact_params(kept, params, C.dtype)
+        best, best_out = bounds, None
+    else:
+        best, kept, best_out = _search_all(graph, bounds, plans, C, params, options, deadline)
+    with torch.no_grad():
+        # each target's best parameters per row, together in one pass: often tighter than
+        # any single iteration (and, after a float32 search, the only bound reported)
+        combined, lbs = _one_pass(graph, best, plans, C, kept)
+        best = {k: best[k].intersect(v) if k in best else v for k, v in combined.items()}
+        best_out = lbs[out] if best_out is None else torch.maximum(best_out, lbs[out])
+        final = backward_lower(graph, out, C, best)
+        best_out = torch.maximum(best_out, torch.maximum(final, concretize_lower(C, best[out])))
+    if final_alphas is not None:
+        final_alphas.update({act: v for (t, act), v in kept.items() if t == out})
+    return best_out, best
+
+
+def _plans(graph: Graph, bounds: dict[str, Interval], C: torch.Tensor) -> list:
+    """(name, flat rows (k,), C_p (B, 2k, *shape)) for every pre-activation with neurons
+    whose bounds matter: both sides of each such neuron become rows of its own bound."""
     targets = [n.name for n in graph.nodes if n.name in pre_activation_nodes(graph) and n.op != "Input"]
     users = graph.consumers()
-    plans = []  # (name, flat rows (k,), C_p (B, 2k, *shape))
     B = max(v.lower.shape[0] for v in bounds.values())
+    plans = []
     for name in targets:
         mask = _refine_mask(bounds[name], users[name]).any(0)
         rows = mask.nonzero().flatten()
@@ -184,55 +269,64 @@ def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOpt
         eye[torch.arange(len(rows), device=C.device), rows] = 1.0
         C_p = torch.cat([eye, -eye]).reshape(1, 2 * len(rows), *graph[name].shape).expand(B, -1, *graph[name].shape)
         plans.append((name, rows, C_p))
-    params: dict[tuple[str, str], torch.Tensor] = {}
-    for name, _, C_p in plans + [(out, None, C)]:
-        upstream = graph.ancestors(name)
-        for act, init in init_alphas(graph, bounds, C_p.shape[1]).items():
-            if act in upstream and act != name:
-                params[(name, act)] = init.expand(B, *init.shape[1:]).clone().requires_grad_(True)
-    if not params:
-        with torch.no_grad():
-            return backward_lower(graph, out, C, bounds), bounds
+    return plans
+
+
+def _one_pass(graph: Graph, base: dict[str, Interval], plans: list, C: torch.Tensor,
+              params: dict[tuple[str, str], torch.Tensor]) -> tuple[dict[str, Interval], dict[str, torch.Tensor]]:
+    """Bound every planned pre-activation in order (each tightening `base`, later ones built
+    on earlier ones), then the output: the intervals and each target's lower bounds."""
+    out = graph.outputs[0]
+    cur = dict(base)
+    lbs = {}
+    for name, rows, C_p in plans:
+        alphas = {act: p for (t, act), p in params.items() if t == name}
+        lb = backward_lower(graph, name, C_p, cur, alphas)
+        lbs[name] = lb
+        k = len(rows)
+        B = lb.shape[0]
+        flat_lo = base[name].lower.reshape(base[name].lower.shape[0], -1).expand(B, -1).clone()
+        flat_up = base[name].upper.reshape(base[name].upper.shape[0], -1).expand(B, -1).clone()
+        flat_lo[:, rows] = torch.maximum(flat_lo[:, rows], lb[:, :k])
+        flat_up[:, rows] = torch.minimum(flat_up[:, rows], -lb[:, k:])
+        shape = (B, *base[name].lower.shape[1:])
+        cur[name] = Interval(flat_lo.reshape(shape), flat_up.reshape(shape))
+    alphas = {act: p for (t, act), p in params.items() if t == out}
+    lbs[out] = backward_lower(graph, out, C, cur, alphas)
+    return cur, lbs
+
+
+def _search_all(graph: Graph, bounds: dict[str, Interval], plans: list, C: torch.Tensor,
+                start: dict[tuple[str, str], torch.Tensor], options: AlphaOptions, deadline):
+    """The gradient search of optimise_all: the elementwise best intervals, the parameters of
+    each target's best iteration per row, and the best output bounds."""
+    out = graph.outputs[0]
+    params = {k: v.clone().requires_grad_(True) for k, v in start.items()}
+    kept = {k: v.detach().clone() for k, v in params.items()}
+    best = {k: Interval(v.lower.clone(), v.upper.clone()) for k, v in bounds.items()}
+    best_lb: dict[str, torch.Tensor] = {}
     opt = torch.optim.Adam(params.values(), lr=options.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, options.lr_decay)
-    best_out = None
-    out_alphas = {act: p.detach().clone() for (t, act), p in params.items() if t == out}
     for _ in range(max(1, options.iterations)):
         with torch.enable_grad():
-            cur = dict(best)
-            pull = 0.0
-            for name, rows, C_p in plans:
-                alphas = {act: p for (t, act), p in params.items() if t == name}
-                lb = backward_lower(graph, name, C_p, cur, alphas)
-                if options.intermediate_weight and lb.requires_grad:
-                    pull = pull + lb.sum()
-                k = len(rows)
-                flat_lo = best[name].lower.reshape(B, -1).clone()
-                flat_up = best[name].upper.reshape(B, -1).clone()
-                flat_lo[:, rows] = torch.maximum(flat_lo[:, rows], lb[:, :k])
-                flat_up[:, rows] = torch.minimum(flat_up[:, rows], -lb[:, k:])
-                shape = (B, *best[name].lower.shape[1:])
-                cur[name] = Interval(flat_lo.reshape(shape), flat_up.reshape(shape))
-            alphas = {act: p for (t, act), p in params.items() if t == out}
-            lb_out = backward_lower(graph, out, C, cur, alphas)
+            cur, lbs = _one_pass(graph, best, plans, C, params)
         with torch.no_grad():
             for name, _, _ in plans:
                 best[name] = best[name].intersect(Interval(cur[name].lower.detach(), cur[name].upper.detach()))
-            current = lb_out.detach()
-            improved = torch.ones_like(current, dtype=torch.bool) if best_out is None else current > best_out
-            for act, kept in out_alphas.items():
-                mask = improved.reshape(*improved.shape, *([1] * (kept.dim() - 2)))
-                out_alphas[act] = torch.where(mask, params[(out, act)].detach(), kept)
-            best_out = current if best_out is None else torch.maximum(best_out, current)
-        if _finished(best_out, options, deadline):
+            for target, lb in lbs.items():
+                current = lb.detach()
+                improved = (torch.ones_like(current, dtype=torch.bool) if target not in best_lb
+                            else current > best_lb[target])
+                best_lb[target] = current if target not in best_lb else torch.maximum(best_lb[target], current)
+                for (t, act), kept_v in kept.items():
+                    if t == target:
+                        mask = improved.reshape(*improved.shape, *([1] * (kept_v.dim() - 2)))
+                        kept[(t, act)] = torch.where(mask, params[(t, act)].detach(), kept_v)
+        if _finished(best_lb[out], options, deadline):
             break
-        _ascend(opt, sched, lb_out.sum() + options.intermediate_weight * pull)
+        pull = sum((lbs[name].sum() for name, _, _ in plans if lbs[name].requires_grad), torch.zeros(()))
+        _ascend(opt, sched, lbs[out].sum() + options.intermediate_weight * pull)
         with torch.no_grad():
             for (_, act), v in params.items():
                 v.copy_(RULES[graph[act].op].project_alpha(graph[act], v))
-    with torch.no_grad():
-        final = backward_lower(graph, out, C, best)
-        best_out = torch.maximum(best_out, torch.maximum(final, concretize_lower(C, best[out])))
-    if final_alphas is not None:
-        final_alphas.update(out_alphas)
-    return best_out, best
+    return best, kept, best_lb[out]

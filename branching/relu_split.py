@@ -220,11 +220,9 @@ def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed
     if batch.params:
         start_params = init_alphas(graph, sub_bounds, C_sub.shape[1])
         start_params.update({k: v[idx].to(C_sub.dtype) for k, v in batch.params.items()})
-    best, params = optimise_lower(graph, graph.outputs[0], C_sub, sub_bounds, beta_options,
-                                  alphas=start_params, splits=sub_splits, deadline=deadline)
     record: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        bound_with(graph, graph.outputs[0], C_sub, sub_bounds, params, sub_splits, record=record)
+    best, params = optimise_lower(graph, graph.outputs[0], C_sub, sub_bounds, beta_options,
+                                  alphas=start_params, splits=sub_splits, deadline=deadline, record=record)
     lower_sub = torch.maximum(lower[idx], best)
     margins_sub = problem.margins(batch.case[idx], lower_sub)
     still = margins_sub <= 0
