@@ -20,9 +20,25 @@ _MAX_COEFFICIENTS = 1 << 25
 
 
 def concretize_lower(A: torch.Tensor, x: Interval) -> torch.Tensor:
-    """min over x in the box of A·x; A (B, S, *shape), x (B|1, *shape) -> (B, S)."""
-    mid, rad = x.center.unsqueeze(1), x.radius.unsqueeze(1)
-    return flat_sum(A * mid) - flat_sum(A.abs() * rad)
+    """min over x in the box of A·x; A (B, S, *shape), x (B|1, *shape) -> (B, S).
+
+    Boxes may have infinite ends (intervals of unbounded values, e.g. 1/x near 0). There the
+    centre-radius form would give NaN (inf - inf, 0 * inf), so each term is taken at the end
+    its coefficient picks: a 0 coefficient contributes exactly 0 whatever the end, a nonzero
+    one on an infinite end contributes -inf, so the bound is -inf (sound), never NaN.
+    """
+    if bool(torch.isfinite(x.lower).all() and torch.isfinite(x.upper).all()):
+        mid, rad = x.center.unsqueeze(1), x.radius.unsqueeze(1)
+        return flat_sum(A * mid) - flat_sum(A.abs() * rad)
+    lower, upper = x.lower.unsqueeze(1), x.upper.unsqueeze(1)
+    low_inf, up_inf = ~torch.isfinite(lower), ~torch.isfinite(upper)
+    # finite parts with the infinite ends replaced by 0, so that no 0 * inf enters the sum (or
+    # the gradient w.r.t. A, which alpha-CROWN follows); a NaN coefficient still gives NaN
+    lo = torch.where(low_inf, torch.zeros_like(lower), lower)
+    up = torch.where(up_inf, torch.zeros_like(upper), upper)
+    finite = flat_sum(torch.where(A < 0, A * up, A * lo))
+    unbounded = ((A > 0) & low_inf) | ((A < 0) & up_inf)
+    return torch.where(unbounded.flatten(2).any(-1), torch.full_like(finite, -math.inf), finite)
 
 
 def _grad_mode(grad: bool) -> contextlib.AbstractContextManager:

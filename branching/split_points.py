@@ -41,6 +41,10 @@ _FORMAT = 1
 _KINKED = ("Relu", "LeakyRelu")
 #: a split point never lies closer to an end than this fraction of the width (progress)
 _INTERIOR = 1e-4
+#: ops tabulated by default: S-shaped (bounds.ops.s_shaped), GELU-like with a minimum
+#: (Gelu, SiLU, Mish), convex-ish smooth or exponential-linear (Softplus, Elu, Selu, Celu).
+#: Each table takes about a second to build (1 CPU thread) and is cached on disk.
+TABULATED = ("Sigmoid", "Tanh", "Erf", "Atan", "Gelu", "nnverify.SiLU", "Mish", "Softplus", "Elu", "Selu", "Celu")
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,8 @@ class SplitTableOptions:
 
     cache_dir   where tables are kept; None: $NNVERIFY_CACHE_DIR, else ~/.cache/nnverify
     tabulate    activation ops that get a table (others: the rule's own `split_point`,
-                the kink at 0 for ReLUs, else the midpoint)
+                the kink at 0 for ReLUs, else the midpoint): the smooth S-shaped and
+                non-monotone ones, whose best split depends on (l, u) in no closed form
     knots       grid points per axis; they are spaced evenly in asinh(x), dense near 0
     reach       the grid covers [-reach, reach]; ends beyond it are clamped for the lookup
     candidates  split fractions tried per grid interval
@@ -60,7 +65,7 @@ class SplitTableOptions:
     """
 
     cache_dir: str | None = None
-    tabulate: tuple[str, ...] = ("Sigmoid", "Tanh")
+    tabulate: tuple[str, ...] = TABULATED
     knots: int = 97
     reach: float = 40.0
     candidates: int = 31
@@ -89,6 +94,15 @@ def mean_gap(rule: ActivationRule, node: Node, lower: torch.Tensor, upper: torch
     one int) says which distance. Measured at `samples` evenly spaced interior points, in the
     intervals' dtype; an empty or point interval has gap 0.
     """
+    below, above = side_gaps(rule, node, lower, upper, samples)
+    side = torch.as_tensor(side, device=lower.device)
+    return torch.where(side == 1, below, torch.where(side == 2, above, below + above))
+
+
+def side_gaps(rule: ActivationRule, node: Node, lower: torch.Tensor, upper: torch.Tensor,
+              samples: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean f - lower line, mean upper line - f) on [lower, upper], from one relaxation: the
+    relaxation is what costs (root searches for smooth functions), so the sides share it."""
     upper = torch.maximum(upper, lower)
     r = rule.relax(node, Interval(lower, upper))
     t = (torch.arange(samples, dtype=lower.dtype, device=lower.device) + 0.5) / samples
@@ -96,9 +110,9 @@ def mean_gap(rule: ActivationRule, node: Node, lower: torch.Tensor, upper: torch
     f = rule.fn(node, x)
     below = (f - (r.lw.unsqueeze(-1) * x + r.lb.unsqueeze(-1))).mean(-1)
     above = ((r.uw.unsqueeze(-1) * x + r.ub.unsqueeze(-1)) - f).mean(-1)
-    side = torch.as_tensor(side, device=lower.device)
-    gap = torch.where(side == 1, below, torch.where(side == 2, above, below + above))
-    return torch.where(upper > lower, gap.clamp(min=0), torch.zeros_like(gap))
+    empty = ~(upper > lower)                 # point intervals (and NaN ends) have gap 0
+    zero = torch.zeros_like(below)
+    return torch.where(empty, zero, below.clamp(min=0)), torch.where(empty, zero, above.clamp(min=0))
 
 
 def _knots(options: SplitTableOptions) -> torch.Tensor:
@@ -120,9 +134,10 @@ def build_table(rule: ActivationRule, node: Node, options: SplitTableOptions) ->
     fr = _fractions(options)                                      # (F,)
     p = l.unsqueeze(1) + fr * (u - l).unsqueeze(1)                # (M, F)
     table = torch.full((3, G, G), 0.5, dtype=torch.float64)
-    for s in range(3):
-        left = mean_gap(rule, node, l.unsqueeze(1).expand_as(p), p, s, options.samples)
-        right = mean_gap(rule, node, p, u.unsqueeze(1).expand_as(p), s, options.samples)
+    # one relaxation per child serves all three sides (SIDES: both, lower, upper)
+    lb, la = side_gaps(rule, node, l.unsqueeze(1).expand_as(p), p, options.samples)
+    rb, ra = side_gaps(rule, node, p, u.unsqueeze(1).expand_as(p), options.samples)
+    for s, (left, right) in enumerate(((lb + la, rb + ra), (lb, rb), (la, ra))):
         if options.criterion == "area":
             cost = left * (p - l.unsqueeze(1)) + right * (u.unsqueeze(1) - p)
         else:

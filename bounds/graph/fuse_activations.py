@@ -4,6 +4,7 @@
 * x * 0.5 * (1 + Erf(x / sqrt 2)), any order   -> Gelu(x)                 (approximate "none")
 * 0.5 x (1 + Tanh(sqrt(2/pi) (x + 0.044715 x^3))) -> Gelu(x)              (approximate "tanh")
 * x * Sigmoid(x)                              -> nnverify.SiLU(x)
+* x * Tanh(Softplus(x))                        -> Mish(x)   (how exporters before opset 18 write it)
 * Clip(x, min, max) with constant scalar limits -> nnverify.Clip(x), attrs min / max
 
 Why: relaxing the pieces of GELU separately (a product of x with a function of x) loses the
@@ -99,6 +100,23 @@ def fuse_silu(graph: Graph) -> tuple[Graph, bool]:
                 sig = graph[s]
                 if sig.op == "Sigmoid" and sig.inputs[0] == x and tuple(node.shape) == tuple(graph[x].shape):
                     node = Node(node.name, SILU, (x,), {}, node.shape, node.source, node.opset)
+                    changed = True
+                    break
+        nodes.append(node)
+    return (graph.replace(nodes), True) if changed else (graph, False)
+
+
+def fuse_mish(graph: Graph) -> tuple[Graph, bool]:
+    nodes, changed = [], False
+    for node in graph.nodes:
+        if node.op == "Mul" and len(node.inputs) == 2:
+            a, b = node.inputs
+            for x, t in ((a, b), (b, a)):
+                tanh = graph[t]
+                if tanh.op != "Tanh" or graph[tanh.inputs[0]].op != "Softplus":
+                    continue
+                if graph[tanh.inputs[0]].inputs[0] == x and tuple(node.shape) == tuple(graph[x].shape):
+                    node = Node(node.name, "Mish", (x,), {}, node.shape, node.source, node.opset)
                     changed = True
                     break
         nodes.append(node)
@@ -213,19 +231,19 @@ def fuse_gelu(graph: Graph) -> tuple[Graph, bool]:
 def fuse_activations(graph: Graph) -> tuple[Graph, bool]:
     """All the rewrites above (the canonicalisation pass)."""
     changed = False
-    for p in (pow_to_unary, clip_to_unary, fuse_silu, fuse_gelu):
+    for p in (pow_to_unary, clip_to_unary, fuse_silu, fuse_mish, fuse_gelu):
         graph, modified = p(graph)
         changed = changed or modified
     return graph, changed
 
 
 # ----------------------------------------------------------------------------------------
-# back to standard ONNX (export at opset 17, where Gelu does not exist yet)
+# back to standard ONNX (export at opset 17, where Gelu and Mish do not exist yet)
 
 def unfuse_activations(graph: Graph) -> Graph:
     from bounds.graph.passes import _constant, _fresh, check_graph
 
-    if not any(n.op in (POW, SILU, CLIP, "Gelu") for n in graph.nodes):
+    if not any(n.op in (POW, SILU, CLIP, "Gelu", "Mish") for n in graph.nodes):
         return graph
     taken = {n.name for n in graph.nodes}
     nodes: list[Node] = []
@@ -251,6 +269,9 @@ def unfuse_activations(graph: Graph) -> Graph:
         elif node.op == SILU:
             s = add("sigmoid", "Sigmoid", node.inputs, node)
             add("", "Mul", (node.inputs[0], s), node, node.name)
+        elif node.op == "Mish":
+            t = add("tanh", "Tanh", (add("softplus", "Softplus", node.inputs, node),), node)
+            add("", "Mul", (node.inputs[0], t), node, node.name)
         elif node.op == "Gelu":
             x = node.inputs[0]
             if node.attrs.get("approximate", "none") == "tanh":
@@ -268,5 +289,5 @@ def unfuse_activations(graph: Graph) -> Graph:
     return check_graph(graph.replace(nodes))
 
 
-__all__ = ["fuse_activations", "fuse_gelu", "fuse_silu", "pow_to_unary", "clip_to_unary", "unfuse_activations",
-           "SILU", "POW", "CLIP"]
+__all__ = ["fuse_activations", "fuse_gelu", "fuse_silu", "fuse_mish", "pow_to_unary", "clip_to_unary",
+           "unfuse_activations", "SILU", "POW", "CLIP"]

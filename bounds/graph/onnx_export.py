@@ -33,7 +33,7 @@ def to_onnx(graph: Graph, name: str | None = None) -> onnx.ModelProto:
     """An ONNX model computing `graph` (float32; inputs and outputs with the graph's shapes)."""
     schemas = {s.name for s in onnx.defs.get_all_schemas() if s.domain == ""}
     graph = unfuse(graph)  # nnverify.MaxMin / GroupSort -> standard ops (they fuse again on import)
-    graph = unfuse_activations(graph)  # nnverify.Pow / SiLU, Gelu -> opset-17 ops (fused again on import)
+    graph = unfuse_activations(graph)  # nnverify.Pow / SiLU, Gelu, Mish -> opset-17 ops (fused again on import)
     inits, nodes, inputs = [], [], []
     for node in graph.nodes:
         if node.op == INPUT:

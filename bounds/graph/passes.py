@@ -7,7 +7,7 @@ them all to a fixed point:
 * fold_constants    nodes whose inputs are all constant (and Shape of anything) -> Constant
 * remove_identities Identity, Dropout and float->float Cast disappear
 * fuse_batchnorm    BatchNormalization after Conv / Gemm / MatMul+Add folded into the weights
-* fuse_activations  Pow by a constant, GELU and SiLU export patterns -> one node (bounds.graph.fuse_activations)
+* fuse_activations  Pow by a constant, GELU, SiLU and Mish export patterns -> one node (bounds.graph.fuse_activations)
 * fuse_minmax       MaxMin / GroupSort export patterns -> one native node (bounds.graph.fuse_minmax)
 * remove_dead       nodes the outputs do not need are dropped
 """

@@ -66,6 +66,10 @@ OPSET = 17
 #: opset recorded in UnsupportedOpError entries for torch calls (they have no ONNX opset)
 TORCH_OPSET = 0
 
+#: torch's SELU constants (its own double values; ONNX's defaults are their float32 roundings)
+TORCH_SELU_ALPHA = 1.6732632423543772848170429916717
+TORCH_SELU_SCALE = 1.0507009873554804934193349852946
+
 __all__ = ["from_torch", "OPSET"]
 
 
@@ -649,6 +653,46 @@ class _Importer:
         return self.emit("Conv", [name, w] + ([b] if b is not None else []), kernel_shape=kernel,
                          strides=strides, pads=begin + end, dilations=dils, group=int(groups))
 
+    def conv_transpose(self, x: Any, weight: torch.Tensor, w: str, b: str | None, stride: Any, padding: Any,
+                       dilation: Any, groups: int) -> str:
+        """ONNX ConvTranspose; output_padding is read off the traced output size, so an
+        `output_size` argument to the module is honoured too."""
+        n = weight.dim() - 2
+        shape = self.shape(x)
+        if n not in (1, 2, 3) or len(shape) != n + 2:
+            raise _Skip(f"{n}-d transposed convolution of a rank-{len(shape)} input")
+        strides, dils, pads = _ntuple(stride, n), _ntuple(dilation, n), _ntuple(padding, n)
+        kernel = list(weight.shape[2:])
+        out = self.out_shape()[2:]
+        full = [s * (i - 1) + d * (k - 1) + 1 - 2 * p
+                for i, s, d, k, p in zip(shape[2:], strides, dils, kernel, pads)]
+        out_pad = [o - f for o, f in zip(out, full)]
+        if any(op < 0 for op in out_pad):
+            raise _Skip(f"output size {list(out)} smaller than the transposed convolution's {full}")
+        attrs: dict[str, Any] = dict(kernel_shape=kernel, strides=strides, pads=pads + pads, dilations=dils,
+                                     group=int(groups))
+        if any(out_pad):
+            attrs["output_padding"] = out_pad
+        return self.emit("ConvTranspose", [self.tensor(x), w] + ([b] if b is not None else []), **attrs)
+
+    def layer_norm(self, x: Any, path: str, normalized_shape: tuple[int, ...], weight: Any, bias: Any,
+                   eps: float) -> str:
+        """ONNX LayerNormalization over the trailing `normalized_shape` (scale 1 when the
+        module has no affine weight: the ONNX op needs one)."""
+        shape = self.shape(x)
+        k = len(normalized_shape)
+        if k == 0 or k > len(shape) or tuple(shape[len(shape) - k:]) != tuple(normalized_shape):
+            raise _Skip(f"normalized_shape {list(normalized_shape)} for an input of shape {list(shape)}")
+        if self.is_var(weight) or self.is_var(bias):
+            raise _Skip("a scale or bias computed from the input")
+        weight, bias = self.static(weight), self.static(bias)
+        scale = (self.param(path, "weight", weight) if isinstance(weight, torch.Tensor)
+                 else self.add_const(torch.ones(normalized_shape), f"{path}.scale"))
+        ins = [self.tensor(x), scale]
+        if isinstance(bias, torch.Tensor):
+            ins.append(self.param(path, "bias", bias))
+        return self.emit("LayerNormalization", ins, axis=len(shape) - k, epsilon=float(eps))
+
     def batchnorm(self, x: Any, path: str, mean: Any, var: Any, weight: Any, bias: Any, eps: float) -> str:
         if mean is None or var is None:
             raise _Skip("no running statistics (track_running_stats=False normalises with batch statistics)")
@@ -832,13 +876,20 @@ def _m_linear(imp: _Importer, mod: nn.Linear, x: Any) -> str:
     return imp.linear(x, w, b, w_t)
 
 
-def _m_conv(imp: _Importer, mod: nn.Module, x: Any) -> str:
-    if mod.transposed:
-        raise _Skip("transposed convolution (ConvTranspose) has no bound rule yet", op_level=True)
+def _m_conv(imp: _Importer, mod: nn.Module, x: Any, output_size: Any = None) -> str:
     path = str(imp.current.target)
     w = imp.param(path, "weight", mod.weight)
     b = imp.param(path, "bias", mod.bias) if mod.bias is not None else None
+    if mod.transposed:
+        if mod.padding_mode != "zeros":
+            raise _Skip(f"padding_mode={mod.padding_mode!r}")
+        return imp.conv_transpose(x, mod.weight, w, b, mod.stride, mod.padding, mod.dilation, mod.groups)
     return imp.conv(x, mod.weight, w, b, mod.stride, mod.padding, mod.dilation, mod.groups, mod.padding_mode)
+
+
+def _m_layer_norm(imp: _Importer, mod: nn.LayerNorm, x: Any) -> str:
+    return imp.layer_norm(x, str(imp.current.target), tuple(mod.normalized_shape), mod.weight,
+                          getattr(mod, "bias", None), float(mod.eps))
 
 
 def _m_batchnorm(imp: _Importer, mod: nn.Module, x: Any) -> str:
@@ -905,6 +956,11 @@ _MODULES: dict[type, Callable] = {
     nn.Hardtanh: lambda imp, mod, x: imp.clamp(x, float(mod.min_val), float(mod.max_val)),  # ReLU6 too
     nn.GELU: _m_gelu,
     nn.ELU: lambda imp, mod, x: imp.unary("Elu", x, alpha=float(mod.alpha)),
+    # h4: exponential linear units, Mish (bounds.ops.elu / silu), layer normalisation
+    nn.SELU: lambda imp, mod, x: imp.unary("Selu", x, alpha=TORCH_SELU_ALPHA, gamma=TORCH_SELU_SCALE),
+    nn.CELU: lambda imp, mod, x: imp.unary("Celu", x, alpha=float(mod.alpha)),
+    nn.Mish: lambda imp, mod, x: imp.unary("Mish", x),
+    nn.LayerNorm: _m_layer_norm,
     nn.Softplus: _m_softplus,
     nn.Softsign: lambda imp, mod, x: imp.unary("Softsign", x),
     # h1: unary ops of bounds.ops.silu / piecewise
@@ -1028,6 +1084,36 @@ def _f_gelu(imp, input, approximate="none"):
 def _f_elu(imp, input, alpha=1.0, inplace=False):
     imp.mark_inplace(imp.static(inplace))
     return imp.unary("Elu", input, alpha=float(imp.static(alpha)))
+
+
+def _f_selu(imp, input, inplace=False):
+    imp.mark_inplace(imp.static(inplace))
+    return imp.unary("Selu", input, alpha=TORCH_SELU_ALPHA, gamma=TORCH_SELU_SCALE)
+
+
+def _f_celu(imp, input, alpha=1.0, inplace=False):
+    imp.mark_inplace(imp.static(inplace))
+    return imp.unary("Celu", input, alpha=float(imp.static(alpha)))
+
+
+def _f_mish(imp, input, inplace=False):
+    imp.mark_inplace(imp.static(inplace))
+    return imp.unary("Mish", input)
+
+
+def _f_layer_norm(imp, input, normalized_shape, weight=None, bias=None, eps=1e-5):
+    shape = imp.static(normalized_shape)
+    shape = (int(shape),) if isinstance(shape, int) else tuple(int(v) for v in shape)
+    return imp.layer_norm(input, imp.current.name, shape, weight, bias, float(imp.static(eps)))
+
+
+def _f_conv_transpose(imp, input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    if imp.is_var(weight) or imp.is_var(bias):
+        raise _Skip("a weight computed from the input")
+    w = imp.tensor(weight, "weight")
+    b = imp.tensor(bias, "bias") if bias is not None else None
+    return imp.conv_transpose(input, imp.static(weight), w, b, imp.static(stride), imp.static(padding),
+                              imp.static(dilation), int(imp.static(groups)))
 
 
 def _f_softplus(imp, input, beta=1.0, threshold=20.0):
@@ -1231,6 +1317,10 @@ _FUNCTIONS: dict[Any, Callable] = {
     torch.clamp_max: lambda imp, input, max: imp.clamp(input, None, max),
     F.hardtanh: _f_hardtanh, F.relu6: _f_relu6,
     F.gelu: _f_gelu, F.elu: _f_elu, F.softplus: _f_softplus, F.softsign: _f_unary("Softsign"),
+    F.selu: _f_selu, torch.selu: _f_selu, F.celu: _f_celu, torch.celu: _f_celu, F.mish: _f_mish,
+    F.layer_norm: _f_layer_norm,
+    F.conv_transpose1d: _f_conv_transpose, F.conv_transpose2d: _f_conv_transpose,
+    F.conv_transpose3d: _f_conv_transpose,
     F.softmax: _f_softmax, torch.softmax: _f_softmax,
     torch.exp: _f_unary("Exp"), torch.log: _f_unary("Log"), torch.sqrt: _f_unary("Sqrt"),
     torch.abs: _f_unary("Abs"), torch.sin: _f_unary("Sin"), torch.cos: _f_unary("Cos"),

@@ -1,8 +1,8 @@
 """The operator registry: ONNX op type -> stateless rule. One explicit literal, on purpose."""
 from __future__ import annotations
 
-from bounds.ops import (bilinear, conv, convex, gelu, linear, minmax, norm, periodic, piecewise, relu, s_shaped, shape,
-                       silu, softmax)
+from bounds.ops import (bilinear, conv, convex, elu, gelu, linear, minmax, norm, periodic, piecewise, relu, s_shaped,
+                       shape, silu, softmax)
 from bounds.ops.base import OpRule
 
 RULES: dict[str, OpRule] = {
@@ -63,6 +63,11 @@ RULES: dict[str, OpRule] = {
     "Gelu": gelu.Gelu(),
     silu.SILU: silu.Silu(),
     "Softplus": silu.Softplus(),
+    "Mish": silu.Mish(),
+    # exponential linear units (h4: bounds/ops/elu.py)
+    "Elu": elu.Elu(),
+    "Selu": elu.Selu(),
+    "Celu": elu.Celu(),
     "Clip": piecewise.ClipInputs(),  # IBP only; canonicalisation turns constant limits into:
     piecewise.CLIP: piecewise.Clip(),
     "HardSigmoid": piecewise.HardSigmoid(),

@@ -59,7 +59,23 @@ def bisect_root(df, s: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     """A point of [a, b] near the root of df(x) = s, df monotone on [a, b]; and the bracket width.
 
     Without a root the result converges to the end where df is closest to s (still a point of
-    [a, b], so a harmless extra candidate)."""
+    [a, b], so a harmless extra candidate).
+
+    Brackets with a == b (pieces an interval does not meet, point intervals) are answered
+    (a, 0) without iterating, which is exactly what bisection gives them: most intervals meet
+    one or two of the pieces the candidates search, so this saves most of the df calls."""
+    if a.dim() > 0 and a.shape == b.shape == s.shape:
+        active = a != b                        # NaN ends stay active, as before
+        n = int(active.sum())
+        if n < active.numel():
+            x, r = a.clone(), torch.zeros_like(a)
+            if n:
+                x[active], r[active] = _bisect(df, s[active], a[active], b[active], steps)
+            return x, r
+    return _bisect(df, s, a, b, steps)
+
+
+def _bisect(df, s: torch.Tensor, a: torch.Tensor, b: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     increasing = df(b) >= df(a)
     lo, hi = a, b
     for _ in range(steps):

@@ -83,7 +83,10 @@ class Gelu(SlopeRule):
         if self._approximate(node) == "tanh":
             t, dz = _tanh_parts(x)
             return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * dz
-        return 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        # Phi(x) + x phi(x) with few temporaries (root searches call this most; split tables too);
+        # in place only on fresh results that autograd does not keep (erf saves its input)
+        phi = torch.erf(x * (1 / math.sqrt(2))).mul_(0.5).add_(0.5)
+        return torch.addcmul(phi, x, torch.exp(x * x * -0.5), value=1 / math.sqrt(2 * math.pi))
 
     def breakpoints(self, node):
         c = C_TANH if self._approximate(node) == "tanh" else C_EXACT

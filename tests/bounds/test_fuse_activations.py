@@ -1,4 +1,4 @@
-"""bounds.graph.fuse_activations: GELU / SiLU / Pow export patterns become one node; the fused
+"""bounds.graph.fuse_activations: GELU / SiLU / Mish / Pow export patterns become one node; the fused
 graph evaluates like the unfused one and like onnxruntime; other graphs are left alone; the
 export writes standard ONNX again."""
 from __future__ import annotations
@@ -115,3 +115,24 @@ def test_native_gelu_op_matches_onnxruntime() -> None:
 
 def test_native_softplus_matches_onnxruntime() -> None:
     fx.compare(fx.single("Softplus", [7]), batch=6, scale=20.0, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_mish_pattern_fuses_and_exports_back(order: int) -> None:
+    """x * Tanh(Softplus(x)) (the pre-opset-18 export of Mish) -> Mish; to_onnx undoes it."""
+    mul = N("Mul", ["h", "t"] if order == 0 else ["t", "h"], "y")
+    m = fx.model(_dense() + [N("Softplus", ["h"], "sp"), N("Tanh", ["sp"], "t"), mul], [4], consts=C)
+    graph, _ = fx.compare(m, batch=6, scale=3.0)
+    assert _ops(graph) == ["MatMul", "Add", "Mish"]
+    exported = to_onnx(graph)
+    assert "Mish" not in {n.op_type for n in exported.graph.node}
+    x = np.random.default_rng(1).normal(0, 3, (5, 4)).astype(np.float32)
+    np.testing.assert_allclose(evaluate(graph, torch.from_numpy(x))["y"].numpy(), fx.ort_outputs(exported, x)[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_tanh_of_softplus_of_another_value_is_no_mish() -> None:
+    m = fx.model(_dense() + [N("Softplus", ["mm"], "sp"), N("Tanh", ["sp"], "t"), N("Mul", ["h", "t"], "y")],
+                 [4], consts=C)
+    graph, _ = fx.compare(m, batch=4)
+    assert "Mish" not in _ops(graph)

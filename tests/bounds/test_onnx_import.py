@@ -393,6 +393,11 @@ CASES = [
     pytest.param(lambda: single("HardSigmoid", [2, 3], opset=13, alpha=0.3), id="hardsigmoid"),
     pytest.param(lambda: single("HardSwish", [2, 3], opset=14), id="hardswish"),
     pytest.param(lambda: single("Gelu", [2, 3], opset=20, approximate="tanh"), id="gelu"),
+    # h4: exponential linear units and Mish (more in tests/bounds/test_ops_elu_mish.py)
+    pytest.param(lambda: single("Elu", [2, 3], opset=6, alpha=0.7), id="elu"),
+    pytest.param(lambda: single("Selu", [2, 3], opset=6), id="selu"),
+    pytest.param(lambda: single("Celu", [2, 3], opset=12, alpha=2.0), id="celu"),
+    pytest.param(lambda: single("Mish", [2, 3], opset=18), id="mish"),
 ]
 
 

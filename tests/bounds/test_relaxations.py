@@ -17,6 +17,11 @@ ATTRS = {"LeakyRelu": [{"alpha": 0.01}, {"alpha": 0.3}, {"alpha": 2.0}],
          "nnverify.Clip": [{"min": -1.0, "max": 1.0}, {"min": 0.0, "max": 6.0}, {"max": 0.5}, {"min": -2.0}],
          "HardSigmoid": [{}, {"alpha": 1 / 6, "beta": 0.5}, {"alpha": -0.5, "beta": 0.2}],
          "ThresholdedRelu": [{}, {"alpha": 0.0}, {"alpha": -0.5}],
+         # convex (alpha <= 1), concave kink on a convex exponential (alpha > 1, Selu),
+         # concave exponential with a convex kink (alpha < 0), ReLU (alpha = 0)
+         "Elu": [{}, {"alpha": 0.3}, {"alpha": 2.0}, {"alpha": -0.5}, {"alpha": 0.0}],
+         "Selu": [{}, {"alpha": 1.0, "gamma": 2.0}],
+         "Celu": [{}, {"alpha": 0.25}, {"alpha": 3.0}],
          "nnverify.Pow": [{"exponent": e} for e in (2.0, 3.0, 4.0, 5.0, 0.5, 1.5, -1.0, -2.0, 0.0, 1.0)]}
 
 

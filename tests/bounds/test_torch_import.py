@@ -219,8 +219,8 @@ def test_unsupported_variants_give_reasons() -> None:
     bn = nn.BatchNorm1d(3, track_running_stats=False)
     with pytest.raises(UnsupportedOpError, match="running statistics"):
         from_torch(nn.Sequential(nn.Linear(2, 3), bn), (4, 2))
-    with pytest.raises(UnsupportedOpError, match="ConvTranspose"):
-        from_torch(nn.Sequential(nn.ConvTranspose2d(1, 1, 2)), (1, 1, 4, 4))
+    with pytest.raises(UnsupportedOpError, match="beta != 1"):
+        from_torch(_Functional(lambda x: F.softplus(x, beta=2.0)), (1, 3))
 
 
 def test_untraceable_module_is_named() -> None:
@@ -305,3 +305,101 @@ def test_inplace_updates() -> None:
 
     with pytest.raises(ModelLoadError, match="disagrees"):
         from_torch(Aliased(), (1, 4))
+
+
+# ---- h4: ELU family, Mish, hard activations, LayerNorm, transposed convolutions ----------
+
+class _Functional(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class _FunctionalH4(nn.Module):
+    """The functional forms: F.selu / celu / mish / layer_norm / conv_transpose2d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(2, 3, 3, 3) * 0.5)
+        self.b = nn.Parameter(torch.randn(3) * 0.1)
+        self.g = nn.Parameter(torch.rand(4) + 0.5)
+
+    def forward(self, x):                                   # (N, 2, 4, 4)
+        y = F.conv_transpose2d(x, self.w, self.b, stride=2, padding=1, output_padding=1)   # (N, 3, 8, 8)
+        y = F.layer_norm(F.selu(y), (8,), self.g.repeat(2), None, 1e-3)
+        return F.mish(F.celu(y[:, :, :4, :4], 0.7)) * self.g
+
+
+def _h4_cases():
+    torch.manual_seed(3)
+    mlp = lambda act: nn.Sequential(nn.Linear(5, 8), act, nn.Linear(8, 3))  # noqa: E731
+    return [
+        ("elu", mlp(nn.ELU(0.6)), (1, 5)),
+        ("selu", mlp(nn.SELU()), (1, 5)),
+        ("celu", mlp(nn.CELU(1.7)), (1, 5)),
+        ("mish", mlp(nn.Mish()), (1, 5)),
+        ("hardsigmoid", mlp(nn.Hardsigmoid()), (1, 5)),
+        ("hardswish", mlp(nn.Hardswish()), (1, 5)),
+        ("layernorm", nn.Sequential(nn.Linear(5, 6), nn.LayerNorm(6), nn.ReLU(), nn.Linear(6, 2)), (1, 5)),
+        ("layernorm_2d", nn.Sequential(nn.Conv2d(1, 2, 3), nn.LayerNorm([2, 3], elementwise_affine=False),
+                                       nn.Flatten(), nn.Linear(2 * 3 * 2, 2)), (1, 1, 4, 5)),
+        ("conv_transpose2d", nn.Sequential(nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1),
+                                           nn.ReLU(), nn.ConvTranspose2d(3, 2, 2, groups=1, dilation=2),
+                                           nn.Flatten(), nn.Linear(2 * 10 * 10, 3)), (1, 2, 4, 4)),
+        ("conv_transpose1d_grouped", nn.Sequential(nn.ConvTranspose1d(4, 4, 3, stride=3, groups=2, bias=False),
+                                                   nn.Tanh()), (1, 4, 5)),
+        ("functional", _FunctionalH4(), (1, 2, 4, 4)),
+    ]
+
+
+H4_CASES = _h4_cases()
+
+
+@pytest.mark.parametrize("label,module,shape", H4_CASES, ids=[c[0] for c in H4_CASES])
+def test_new_modules_import_and_bound_the_module(label, module, shape) -> None:
+    """Imported graphs equal the module's forward, and IBP / CROWN contain its outputs."""
+    from bounds.crown import spec_lower_bounds
+    from bounds.types import Interval
+
+    graph = from_torch(module, shape)
+    module.eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(7, *shape[1:], generator=gen) * 2
+    with torch.no_grad():
+        torch.testing.assert_close(run(graph, x.unsqueeze(1))[:, 0], module(x), atol=1e-5, rtol=1e-5)
+    n_out = int(torch.tensor(graph.output.shape).prod())
+    centre = torch.randn(2, *shape, generator=gen)
+    for radius in (0.05, 0.5):
+        box = Interval(centre - radius, centre + radius)
+        xs = box.lower + torch.rand(300, *box.lower.shape, generator=gen) * (box.upper - box.lower)
+        with torch.no_grad():
+            ys = module(xs.reshape(-1, *shape[1:])).reshape(300, 2, n_out)
+        C = torch.randn(2, 4, n_out, generator=gen)
+        values = torch.einsum("bso,nbo->nbs", C, ys)
+        for method in ("ibp", "crown"):
+            lower = spec_lower_bounds(graph, box, C, method)
+            assert (values >= lower - 1e-4 * (1 + values.abs())).all(), (method, radius)
+
+
+def test_new_modules_map_to_their_onnx_ops() -> None:
+    ops = {label: {n.op for n in from_torch(m, shape).nodes} for label, m, shape in H4_CASES}
+    assert "Elu" in ops["elu"] and "Selu" in ops["selu"] and "Celu" in ops["celu"] and "Mish" in ops["mish"]
+    assert "LayerNormalization" in ops["layernorm"] and "ConvTranspose" in ops["conv_transpose2d"]
+    assert {"ConvTranspose", "LayerNormalization", "Selu", "Celu", "Mish"} <= ops["functional"]
+
+
+def test_mish_round_trips_through_opset_17_export() -> None:
+    """to_onnx writes Mish as Softplus / Tanh / Mul (opset 17 has no Mish); loading fuses it again."""
+    from bounds.graph import load_onnx
+    from bounds.graph.onnx_export import to_onnx
+
+    graph = from_torch(nn.Sequential(nn.Linear(3, 4), nn.Mish(), nn.SELU(), nn.Linear(4, 2)), (1, 3))
+    model = to_onnx(graph)
+    assert "Mish" not in {n.op_type for n in model.graph.node}
+    again = load_onnx(model.SerializeToString())
+    assert "Mish" in {n.op for n in again.nodes} and "Selu" in {n.op for n in again.nodes}
+    x = torch.randn(5, 1, 3)
+    torch.testing.assert_close(run(again, x), run(graph, x), atol=1e-6, rtol=1e-6)

@@ -33,7 +33,10 @@ STRUCTURAL = frozenset({"Add", "Sub"})
 ATTRS = {"LeakyRelu": lambda rng: {"alpha": float(rng.choice([0.01, 0.1, 0.3, 0.7]))},
          # h1: unary forms the canonicalisation produces
          "nnverify.Pow": lambda rng: {"exponent": float(rng.choice([2.0, 3.0]))},
-         "nnverify.Clip": lambda rng: {"min": -1.0, "max": float(rng.choice([0.5, 1.0, 6.0]))}}
+         "nnverify.Clip": lambda rng: {"min": -1.0, "max": float(rng.choice([0.5, 1.0, 6.0]))},
+         # h4: convex (alpha <= 1), concave kink (alpha > 1), concave exponential (alpha < 0)
+         "Elu": lambda rng: {"alpha": float(rng.choice([-0.5, 0.5, 1.0, 2.0]))},
+         "Celu": lambda rng: {"alpha": float(rng.choice([0.3, 1.0, 2.5]))}}
 
 
 # ----------------------------------------------------------------------------------------
