@@ -10,6 +10,8 @@ whether the reported bound is sound.
 """
 from __future__ import annotations
 
+import math
+import time
 import weakref
 from dataclasses import dataclass
 
@@ -36,12 +38,19 @@ class AlphaOptions:
     intermediate_weight: float = 1.0
     #: search in float32 when the bounds are float64 (see the module docstring)
     search_float32: bool = True
+    #: optimise_all with a deadline: optimise the intermediate bounds only when the time left
+    #: allows this many passes over them (else only the output bound's slopes are searched)
+    min_full_passes: int = 8
+    #: optimise_all: stop once the summed output bound rose by less than stall_tol * (1 + |sum|)
+    #: over the last stall_window iterations (the slopes have settled; branching does better)
+    stall_window: int = 5
+    stall_tol: float = 5e-4
 
 
 _SEARCH_GRAPHS: "weakref.WeakKeyDictionary[Graph, Graph]" = weakref.WeakKeyDictionary()
 
 
-def _search_graph(graph: Graph) -> Graph:
+def search_graph(graph: Graph) -> Graph:
     """The float32 copy of a float64 graph, made once per graph."""
     copy = _SEARCH_GRAPHS.get(graph)
     if copy is None:
@@ -57,7 +66,7 @@ def _as(dtype: torch.dtype, bounds: dict[str, Interval]) -> dict[str, Interval]:
     return {k: Interval(v.lower.to(dtype), v.upper.to(dtype)) for k, v in bounds.items()}
 
 
-def _exact_params(params: dict, fallback: dict, dtype: torch.dtype) -> dict:
+def exact_params(params: dict, fallback: dict, dtype: torch.dtype) -> dict:
     """Search results in the bound precision; a parameter the float32 search spoiled (NaN,
     e.g. from a constant float32 cannot hold) falls back to its starting value."""
     out = {}
@@ -127,9 +136,9 @@ def optimise_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
     """
     if _searches_low(C, options):
         start = alphas if alphas is not None else init_alphas(graph, bounds, C.shape[1])
-        _, found = optimise_lower(_search_graph(graph), target, C.float(), _as(torch.float32, bounds), options,
+        _, found = optimise_lower(search_graph(graph), target, C.float(), _as(torch.float32, bounds), options,
                                   {k: v.float() for k, v in start.items()}, deadline, splits)
-        found = _exact_params(found, {**start, **{k: torch.zeros_like(v) for k, v in found.items()
+        found = exact_params(found, {**start, **{k: torch.zeros_like(v) for k, v in found.items()
                                                   if k not in start}}, C.dtype)
         with torch.no_grad():
             return bound_with(graph, target, C, bounds, found, splits, record=record), found
@@ -178,6 +187,13 @@ def optimise_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
     return best, best_params
 
 
+def _stalled(history: list[float], options: AlphaOptions) -> bool:
+    w = options.stall_window
+    if w <= 0 or len(history) <= w or not all(map(math.isfinite, history[-w - 1:])):
+        return False
+    return history[-1] - history[-w - 1] < options.stall_tol * (1 + abs(history[-1]))
+
+
 def _finished(best: torch.Tensor, options: AlphaOptions, deadline) -> bool:
     stop = options.stop_above is not None and bool((best > options.stop_above).all())
     return stop or (deadline is not None and deadline.expired())
@@ -206,7 +222,8 @@ def alpha_spec_lower_bounds(graph: Graph, box: Interval, C: torch.Tensor, option
 
 
 def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOptions = AlphaOptions(),
-                 deadline=None, final_alphas: dict[str, torch.Tensor] | None = None
+                 deadline=None, final_alphas: dict[str, torch.Tensor] | None = None,
+                 initial: tuple[dict[str, Interval], float] | None = None
                  ) -> tuple[torch.Tensor, dict[str, Interval]]:
     """alpha-CROWN with every intermediate bound optimised too (each pre-activation gets its
     own slopes), the final bound as the objective.
@@ -215,12 +232,22 @@ def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOpt
     iteration's bounds are valid, so the elementwise best over iterations is kept.
     A `final_alphas` dict passed in receives the output bound's slopes (B, S, *shape) of the
     best iteration per row, to warm-start sub-problems of the same boxes.
+    `initial`: the CROWN intervals of every value on these boxes (or boxes containing them)
+    and the seconds they took, when the caller has them already.
     """
     out = graph.outputs[0]
     C = C.reshape(C.shape[0], C.shape[1], *graph[out].shape)
-    with torch.no_grad():
-        bounds = intermediate_bounds(graph, box, "crown")
+    if initial is None:
+        start = time.monotonic()
+        with torch.no_grad():
+            bounds = intermediate_bounds(graph, box, "crown")
+        initial = (bounds, time.monotonic() - start)
+    bounds, crown_seconds = initial
     plans = _plans(graph, bounds, C)
+    # a pass over the intermediate bounds costs about what CROWN took; when the deadline
+    # leaves too few of them, the slopes of the output bound alone are searched
+    if deadline is not None and crown_seconds * options.min_full_passes > deadline.remaining():
+        plans = []
     B = max(v.lower.shape[0] for v in bounds.values())
     params: dict[tuple[str, str], torch.Tensor] = {}
     for name, _, C_p in plans + [(out, None, C)]:
@@ -233,9 +260,9 @@ def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOpt
             return backward_lower(graph, out, C, bounds), bounds
     if _searches_low(C, options):
         low_plans = [(name, rows, C_p.float()) for name, rows, C_p in plans]
-        _, kept, _ = _search_all(_search_graph(graph), _as(torch.float32, bounds), low_plans, C.float(),
+        _, kept, _ = _search_all(search_graph(graph), _as(torch.float32, bounds), low_plans, C.float(),
                                  {k: v.float() for k, v in params.items()}, options, deadline)
-        kept = _exact_params(kept, params, C.dtype)
+        kept = exact_params(kept, params, C.dtype)
         best, best_out = bounds, None
     else:
         best, kept, best_out = _search_all(graph, bounds, plans, C, params, options, deadline)
@@ -305,6 +332,7 @@ def _search_all(graph: Graph, bounds: dict[str, Interval], plans: list, C: torch
     kept = {k: v.detach().clone() for k, v in params.items()}
     best = {k: Interval(v.lower.clone(), v.upper.clone()) for k, v in bounds.items()}
     best_lb: dict[str, torch.Tensor] = {}
+    history: list[float] = []
     opt = torch.optim.Adam(params.values(), lr=options.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, options.lr_decay)
     for _ in range(max(1, options.iterations)):
@@ -322,7 +350,8 @@ def _search_all(graph: Graph, bounds: dict[str, Interval], plans: list, C: torch
                     if t == target:
                         mask = improved.reshape(*improved.shape, *([1] * (kept_v.dim() - 2)))
                         kept[(t, act)] = torch.where(mask, params[(t, act)].detach(), kept_v)
-        if _finished(best_lb[out], options, deadline):
+        history.append(float(best_lb[out].sum()))
+        if _finished(best_lb[out], options, deadline) or _stalled(history, options):
             break
         pull = sum((lbs[name].sum() for name, _, _ in plans if lbs[name].requires_grad), torch.zeros(()))
         _ascend(opt, sched, lbs[out].sum() + options.intermediate_weight * pull)

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from bounds.alpha import _ascend, init_alphas
+from bounds.alpha import _ascend, exact_params, init_alphas, search_graph
 from bounds.crown import backward_lower, intermediate_bounds, pre_activation_nodes
 from bounds.graph.interpret import run
 from bounds.graph.ir import Graph, Node
@@ -155,7 +155,17 @@ def _lower(graph: Graph, C: torch.Tensor, bounds: dict[str, Interval], params: d
 def _optimise(graph: Graph, problem: SpecTensors, case: torch.Tensor, C: torch.Tensor,
               bounds: dict[str, Interval], params: dict[str, torch.Tensor], split: dict[str, torch.Tensor],
               iterations: int, lr: float, deadline) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Best bound over a few Adam steps on slopes and multipliers (each step's bound is valid)."""
+    """Best bound over a few Adam steps on slopes and multipliers (each step's bound is valid).
+
+    On float64 bounds the steps run in float32 (see bounds.alpha) and the parameters found
+    are evaluated once more in float64: only that value is returned."""
+    if C.dtype == torch.float64 and iterations > 1:
+        low = {k: Interval(v.lower.float(), v.upper.float()) for k, v in bounds.items()}
+        _, found = _optimise(search_graph(graph), problem, case, C.float(), low,
+                             {k: v.float() for k, v in params.items()}, split, iterations, lr, deadline)
+        found = exact_params(found, params, C.dtype)
+        with torch.no_grad():
+            return _lower(graph, C, bounds, found, split), found
     ps = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     best, best_ps = None, {k: v.detach().clone() for k, v in ps.items()}
     opt = torch.optim.Adam(ps.values(), lr=lr) if ps else None

@@ -101,7 +101,8 @@ def unbroadcast(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 
 def flat_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum everything behind the (B, S) dimensions."""
-    return t.flatten(2).sum(-1)
+    # summing over the dims directly: flatten would copy a non-contiguous (e.g. expanded) t
+    return t.sum(dim=tuple(range(2, t.dim()))) if t.dim() > 2 else t
 
 
 def int_list(t: torch.Tensor) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bounds.alpha import AlphaOptions, _exact_params, optimise_all, optimise_lower
+from bounds.alpha import AlphaOptions, exact_params, optimise_all, optimise_lower
 from bounds.crown import intermediate_bounds, spec_lower_bounds
 from bounds.graph.interpret import evaluate
 from bounds.graph.ir import graph_to
@@ -70,6 +70,6 @@ def test_optimise_lower_reports_the_float64_value_of_its_parameters() -> None:
 def test_spoiled_search_parameters_fall_back_to_their_start() -> None:
     start = {"a": torch.full((1, 2, 3), 0.25, dtype=torch.float64)}
     found = {"a": torch.tensor([[[0.5, float("nan"), 1.0], [0.0, 0.1, float("nan")]]])}
-    exact = _exact_params(found, start, torch.float64)
+    exact = exact_params(found, start, torch.float64)
     assert exact["a"].dtype == torch.float64
     assert exact["a"][0, 0, 1] == 0.25 and exact["a"][0, 1, 2] == 0.25 and exact["a"][0, 0, 0] == 0.5
