@@ -58,6 +58,14 @@ def search_graph(graph: Graph) -> Graph:
     return copy
 
 
+def graph_dtype(graph: Graph) -> torch.dtype | None:
+    """The floating dtype of the graph's constants (None when it has none)."""
+    for node in graph.nodes:
+        if node.is_constant and node.value.is_floating_point():
+            return node.value.dtype
+    return None
+
+
 def _searches_low(C: torch.Tensor, options: AlphaOptions) -> bool:
     return options.search_float32 and C.dtype == torch.float64
 

@@ -42,6 +42,9 @@ class BaBOptions:
     #: by bounding both children once, and the one whose worse child is best wins)
     branching: str = "fsb"
     fsb_candidates: int = 4
+    #: "fsb" falls back to "babsr" for the rest of a run once trying the candidates takes
+    #: longer than this many times the round's bounding (then more rounds beat better choices)
+    fsb_max_cost: float = 1.0
 
     def __post_init__(self) -> None:
         if self.branching not in ("babsr", "fsb"):

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from bounds.alpha import AlphaOptions, bound_with, init_alphas, optimise_lower
+from bounds.alpha import AlphaOptions, bound_with, graph_dtype, init_alphas, optimise_lower, search_graph
 from bounds.crown import apply_splits, pre_activation_nodes, spec_lower_bounds
 from bounds.graph.interpret import run
 from bounds.graph.ir import Graph
@@ -142,11 +142,15 @@ def _fsb_choice(graph: Graph, problem: SpecTensors, kept: ReluDomains, bounds: d
         rep = Interval(iv.lower.repeat(reps, *([1] * (iv.lower.dim() - 1))),
                        iv.upper.repeat(reps, *([1] * (iv.upper.dim() - 1))))
         inter[name] = apply_splits(rep, splits[name]) if name in splits else rep
-    params = {name: v.to(problem.C.dtype).repeat(reps, *([1] * (v.dim() - 1))) for name, v in kept.params.items()}
+    # a heuristic choice: float32 is precise enough and about twice as fast as float64
+    low = torch.float32
+    inter = {k: Interval(v.lower.to(low), v.upper.to(low)) for k, v in inter.items()}
+    params = {name: v.to(low).repeat(reps, *([1] * (v.dim() - 1))) for name, v in kept.params.items()}
     case = kept.case.repeat(reps)
-    C = problem.C[case].reshape(len(case), problem.C.shape[1], *graph.output.shape)
+    C = problem.C[case].reshape(len(case), problem.C.shape[1], *graph.output.shape).to(low)
     with torch.no_grad():
-        lower = bound_with(graph, graph.outputs[0], C, inter, params, splits)
+        lower = bound_with(search_graph(graph) if graph_dtype(graph) == torch.float64 else graph,
+                           graph.outputs[0], C, inter, params, splits)
     worse = problem.margins(case, lower).reshape(k, 2, n).amin(1)           # (k, n)
     worse = torch.where(top_val.T >= 0, worse, torch.full_like(worse, -torch.inf))
     pick = worse.argmax(0)
@@ -284,6 +288,8 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     beta_options = AlphaOptions(iterations=options.beta_iterations, lr=0.05, stop_above=None)
     last_round = 0.0
     last_attack = time.perf_counter()
+    use_fsb = options.branching == "fsb"
+    bound_seconds = 0.0
     while len(domains):
         if stop_reason(outcome, deadline, len(domains), options, last_round):
             break
@@ -291,6 +297,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         batch, domains = domains.pop_worst(batch_size)
         try:
             bounded = _bound_round(graph, problem, batch, relaxed, order, options, beta_options, deadline)
+            bound_seconds = time.perf_counter() - round_start
         except (RuntimeError, MemoryError) as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -349,9 +356,14 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
             sub_bounds = {k: Interval(v.lower[rest], v.upper[rest]) for k, v in sub_bounds.items()}
             if len(rest) == 0:
                 continue
-        if options.branching == "fsb":
+        if use_fsb:
+            fsb_start = time.perf_counter()
             best = _fsb_choice(graph, problem, kept, sub_bounds, scores, layers, offsets, order,
                                options.fsb_candidates)
+            # trying candidates must stay cheaper than bounding: on nets with costly relaxations
+            # (softmax) the cheap estimate with more rounds solves more
+            if time.perf_counter() - fsb_start > options.fsb_max_cost * bound_seconds:
+                use_fsb = False
         else:
             best = scores.argmax(1)
         children = []

@@ -24,6 +24,7 @@ coerced to 2-D at `axis` (default 1) and normalised over everything behind it.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -138,10 +139,26 @@ class Softmax(OpRule):
         shape = x.lower.shape[1:]
         return Interval(from_groups(node, box.lower, shape), from_groups(node, box.upper, shape))
 
+    def __init__(self) -> None:
+        # node name -> (weak refs to the interval's tensors, their versions, relaxation): the
+        # relaxation is the costliest part of a backward step and slope searches repeat the
+        # step many times on the same intervals
+        self._last: dict[str, tuple] = {}
+
     def relax(self, node: Node, x: Interval) -> Relaxation:
         """Grouped affine bounds (lw (B, G, n, n), lb (B, G, n), uw, ub) on the input box."""
+        cacheable = not (x.lower.requires_grad or x.upper.requires_grad)
+        if cacheable:
+            hit = self._last.get(node.name)
+            if (hit is not None and hit[0]() is x.lower and hit[1]() is x.upper
+                    and hit[2] == (x.lower._version, x.upper._version)):
+                return hit[3]
         WL, bL, WU, bU = softmax_relaxation(to_groups(node, x.lower, 1), to_groups(node, x.upper, 1))
-        return Relaxation(WL, bL, WU, bU)
+        relax = Relaxation(WL, bL, WU, bU)
+        if cacheable:
+            self._last[node.name] = (weakref.ref(x.lower), weakref.ref(x.upper),
+                                     (x.lower._version, x.upper._version), relax)
+        return relax
 
     def backward(self, node, A, xs, is_const):
         x = xs[0]

@@ -172,3 +172,22 @@ def test_vit_loads_matches_onnxruntime_and_bounds_contain_samples() -> None:
         assert (values >= lower - 1e-4 * (1 + values.abs())).all(), method
     width = -(lower[10:] + lower[:10])
     assert (width < 10).all()  # CROWN through attention is far tighter than IBP here
+
+
+def test_softmax_relaxation_is_reused_only_for_the_same_unchanged_interval() -> None:
+    from bounds.graph.ir import Node as _Node
+    from bounds.ops import RULES as _RULES
+    from bounds.types import Interval as _Interval
+
+    rule = _RULES["Softmax"]
+    node = _Node("sm_cache_test", "Softmax", ("x",), {"axis": -1}, (1, 4), opset=13)
+    lo = torch.tensor([[[-1.0, 0.0, 0.5, 2.0]]], dtype=torch.float64)
+    x = _Interval(lo, lo + 0.5)
+    first = rule.relax(node, x)
+    assert rule.relax(node, x) is first                         # same tensors, unchanged
+    assert rule.relax(node, _Interval(lo.clone(), lo + 0.5)) is not first
+    x2 = _Interval(lo.clone(), lo + 0.5)
+    before = rule.relax(node, x2)
+    x2.upper.add_(1.0)                                          # in place: a different box
+    after = rule.relax(node, x2)
+    assert after is not before and not torch.equal(after.ub, before.ub)
