@@ -276,8 +276,10 @@ def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOpt
         best, kept, best_out = _search_all(graph, bounds, plans, C, params, options, deadline)
     with torch.no_grad():
         # each target's best parameters per row, together in one pass: often tighter than
-        # any single iteration (and, after a float32 search, the only bound reported)
-        combined, lbs = _one_pass(graph, best, plans, C, kept)
+        # any single iteration (and, after a float32 search, the only bound reported); past
+        # the deadline only the output bound is re-evaluated (the intermediate passes cost most)
+        late = deadline is not None and deadline.expired()
+        combined, lbs = _one_pass(graph, best, [] if late else plans, C, kept)
         best = {k: best[k].intersect(v) if k in best else v for k, v in combined.items()}
         best_out = lbs[out] if best_out is None else torch.maximum(best_out, lbs[out])
         final = backward_lower(graph, out, C, best)
