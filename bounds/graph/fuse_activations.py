@@ -89,38 +89,35 @@ def clip_to_unary(graph: Graph) -> tuple[Graph, bool]:
 
 
 # ----------------------------------------------------------------------------------------
-# SiLU
+# SiLU and Mish: x times a gate computed from x
 
-def fuse_silu(graph: Graph) -> tuple[Graph, bool]:
+def _fuse_self_gated(graph: Graph, gate: tuple[str, ...], op: str) -> tuple[Graph, bool]:
+    """Mul(x, g(x)) -> op(x), where g is the chain of unary ops `gate` (outermost first)
+    applied to the same x, in either operand order."""
     nodes, changed = [], False
     for node in graph.nodes:
         if node.op == "Mul" and len(node.inputs) == 2:
             a, b = node.inputs
-            for x, s in ((a, b), (b, a)):
-                sig = graph[s]
-                if sig.op == "Sigmoid" and sig.inputs[0] == x and tuple(node.shape) == tuple(graph[x].shape):
-                    node = Node(node.name, SILU, (x,), {}, node.shape, node.source, node.opset)
-                    changed = True
-                    break
+            for x, g in ((a, b), (b, a)):
+                for want in gate:
+                    if graph[g].op != want:
+                        break
+                    g = graph[g].inputs[0]
+                else:
+                    if g == x and tuple(node.shape) == tuple(graph[x].shape):
+                        node = Node(node.name, op, (x,), {}, node.shape, node.source, node.opset)
+                        changed = True
+                        break
         nodes.append(node)
     return (graph.replace(nodes), True) if changed else (graph, False)
+
+
+def fuse_silu(graph: Graph) -> tuple[Graph, bool]:
+    return _fuse_self_gated(graph, ("Sigmoid",), SILU)
 
 
 def fuse_mish(graph: Graph) -> tuple[Graph, bool]:
-    nodes, changed = [], False
-    for node in graph.nodes:
-        if node.op == "Mul" and len(node.inputs) == 2:
-            a, b = node.inputs
-            for x, t in ((a, b), (b, a)):
-                tanh = graph[t]
-                if tanh.op != "Tanh" or graph[tanh.inputs[0]].op != "Softplus":
-                    continue
-                if graph[tanh.inputs[0]].inputs[0] == x and tuple(node.shape) == tuple(graph[x].shape):
-                    node = Node(node.name, "Mish", (x,), {}, node.shape, node.source, node.opset)
-                    changed = True
-                    break
-        nodes.append(node)
-    return (graph.replace(nodes), True) if changed else (graph, False)
+    return _fuse_self_gated(graph, ("Tanh", "Softplus"), "Mish")
 
 
 # ----------------------------------------------------------------------------------------
