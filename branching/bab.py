@@ -199,7 +199,8 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
         dims = split_scores(batch, A, rows).argmax(1)
         batch = DomainBatch(batch.lower, batch.upper, batch.case, margins, batch.depth, batch.inter)
         domains = DomainBatch.cat([domains, bisect(batch, dims)])
-        outcome.worst_margin = float(margins.min())
+        if len(domains):  # the worst open sub-problem anywhere, not just in this batch
+            outcome.worst_margin = float(domains.score.min())
         last_round = time.perf_counter() - round_start
         if progress is not None:
             progress(outcome, len(domains))

@@ -35,7 +35,7 @@ from bounds.ops.base import ActivationRule
 from bounds.types import Interval
 from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, input_coefficients, is_out_of_memory,
                            memory_batch_size, shrink_batch, stop_reason)
-from branching.problem import SpecTensors
+from branching.problem import PolytopeSplit, SpecTensors
 from branching.split_points import SplitPoints, SplitTableOptions, mean_gap
 
 _BETA_PREFIXES = ("lo:", "hi:")
@@ -386,44 +386,6 @@ def _root_domains(graph: Graph, problem: SpecTensors, relaxed: set[str], layers,
                           torch.zeros(K, dtype=torch.long, device=device), inter, split, warm)
 
 
-def by_polytope(problem: SpecTensors, root_lower: torch.Tensor | None = None
-                ) -> tuple[SpecTensors, torch.Tensor, torch.Tensor]:
-    """One case per (case, polytope) still open, holding only that polytope's rows.
-
-    A polytope is refuted by a bound on one of its own rows, so the polytopes of a case can
-    be searched apart: each sub-problem then splits only for the row it needs, and bounds
-    as few rows as that polytope has. Returns the new problem, each new case's original
-    case (K',) and original row per new row (K', R'), -1 on padding. Polytopes that
-    `root_lower` (K, R) refutes already are left out.
-    """
-    K = problem.n_cases
-    all_cases = torch.arange(K, device=problem.C.device)
-    refuted = problem.refuted(all_cases, root_lower) if root_lower is not None else ~problem.real
-    pairs = [(k, p) for k in range(K) for p in range(problem.real.shape[1])
-             if bool(problem.real[k, p]) and not bool(refuted[k, p])]
-    rows = [(problem.group[k] == p).nonzero().flatten() for k, p in pairs]
-    width = max([1] + [len(r) for r in rows])
-    index = torch.full((len(pairs), width), -1, dtype=torch.long, device=problem.C.device)
-    for i, r in enumerate(rows):
-        index[i, :len(r)] = r
-    case_of = torch.tensor([k for k, _ in pairs], dtype=torch.long, device=problem.C.device)
-    pad = index < 0
-    safe = index.clamp(min=0)
-    C = problem.C[case_of.unsqueeze(1), safe] * (~pad).unsqueeze(-1).to(problem.C.dtype)
-    d = torch.where(pad, torch.zeros_like(safe, dtype=problem.d.dtype), problem.d[case_of.unsqueeze(1), safe])
-    group = torch.where(pad, torch.full_like(safe, -1), torch.zeros_like(safe))
-    onehot = (~pad).to(problem.onehot.dtype).unsqueeze(-1)
-    real = torch.ones(len(pairs), 1, dtype=torch.bool, device=problem.C.device)
-    sub = SpecTensors(problem.lower[case_of], problem.upper[case_of], C, d, group, onehot, real)
-    return sub, case_of, index
-
-
-def _select_rows(t: torch.Tensor, case_of: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Per-case, per-row tensors (K|1, R, ...) -> (K', R', ...) for by_polytope's problem."""
-    t = t.expand(int(case_of.max()) + 1 if t.shape[0] == 1 else t.shape[0], *t.shape[1:])
-    return t[case_of.unsqueeze(1), index.clamp(min=0)]
-
-
 def general_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOptions = BaBOptions(),
                       progress: Callable[[BaBOutcome, int], None] | None = None,
                       root_bounds: dict[str, Interval] | None = None,
@@ -444,20 +406,13 @@ def general_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaB
     layers = nonlinear_layers(graph)
     if not layers:
         return BaBOutcome("unknown", notes=["the network has no nonlinear activation to split"])
-    original = problem
-    problem, case_of, row_of = by_polytope(problem, root_lower)
-    if problem.n_cases == 0:
+    split = PolytopeSplit.of(problem, root_lower)
+    if split.problem.n_cases == 0:
         return BaBOutcome("unsat", elapsed=time.perf_counter() - start)
-    root_bounds = {k: Interval(v.lower.expand(original.n_cases, *v.lower.shape[1:])[case_of],
-                               v.upper.expand(original.n_cases, *v.upper.shape[1:])[case_of])
-                   for k, v in (root_bounds or {}).items()} or None
-    root_alphas = {k: _select_rows(v, case_of, row_of) for k, v in (root_alphas or {}).items()
-                   if v.dim() >= 2 and v.shape[1] == original.C.shape[1]}
-    if falsify is not None:
-        outer = falsify
-
-        def falsify(points: torch.Tensor, cases: torch.Tensor):
-            return outer(points, case_of[cases])
+    problem, case_of = split.problem, split.case_of
+    root_bounds = split.intervals(root_bounds)
+    root_alphas = split.per_row(root_alphas)
+    falsify = split.falsifier(falsify)
 
     device = problem.lower.device
     order = {n.name: i for i, n in enumerate(graph.nodes)}
@@ -501,7 +456,8 @@ def general_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaB
                 outcome.status, outcome.witness, outcome.witness_case = "sat", found[0], found[1]
                 break
         domains = GeneralDomains.cat([domains, *new])
-        outcome.worst_margin = float(kept.score.min())
+        if len(domains):  # the worst open sub-problem anywhere, not just in this batch
+            outcome.worst_margin = float(domains.score.min())
         last_round = time.perf_counter() - round_start
         if progress is not None:
             progress(outcome, len(domains))

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
+from bounds.types import Interval
 from specs import Spec
 
 #: a row refutes only with a certified margin above this float32 allowance, relative to the
@@ -144,3 +146,72 @@ class SpecTensors:
         worst = torch.where(empty & self.real[case], torch.full_like(worst, -1.0), worst)
         worst = torch.where(self.real[case], worst, torch.full_like(worst, torch.inf))
         return worst.amin(1)
+
+
+@dataclass(frozen=True)
+class PolytopeSplit:
+    """One case per (case, polytope) still open, holding only that polytope's rows.
+
+    A polytope is refuted by a bound on one of its own rows, so the polytopes of a case can
+    be searched apart: each sub-problem then splits only for the row it needs, and bounds
+    as few rows as that polytope has (on a 10-class robustness spec, one row instead of up
+    to nine). `case_of` (K',) is each new case's original case, `row_of` (K', R') each new
+    row's original row, -1 on padding.
+    """
+
+    problem: SpecTensors
+    case_of: torch.Tensor
+    row_of: torch.Tensor
+    original_cases: int
+    original_rows: int
+
+    @staticmethod
+    def of(problem: SpecTensors, root_lower: torch.Tensor | None = None) -> "PolytopeSplit":
+        """Split `problem`; polytopes that `root_lower` (K, R) already refutes are left out."""
+        K = problem.n_cases
+        device = problem.C.device
+        all_cases = torch.arange(K, device=device)
+        closed = problem.refuted(all_cases, root_lower) if root_lower is not None else ~problem.real
+        pairs = (problem.real & ~closed).nonzero().tolist()
+        rows = [(problem.group[k] == p).nonzero().flatten() for k, p in pairs]
+        width = max([1] + [len(r) for r in rows])
+        index = torch.full((len(pairs), width), -1, dtype=torch.long, device=device)
+        for i, r in enumerate(rows):
+            index[i, :len(r)] = r
+        case_of = torch.tensor([k for k, _ in pairs], dtype=torch.long, device=device)
+        pad = index < 0
+        safe = index.clamp(min=0)
+        C = problem.C[case_of.unsqueeze(1), safe] * (~pad).unsqueeze(-1).to(problem.C.dtype)
+        d = torch.where(pad, torch.zeros_like(safe, dtype=problem.d.dtype), problem.d[case_of.unsqueeze(1), safe])
+        group = torch.where(pad, torch.full_like(safe, -1), torch.zeros_like(safe))
+        onehot = (~pad).to(problem.onehot.dtype).unsqueeze(-1)
+        real = torch.ones(len(pairs), 1, dtype=torch.bool, device=device)
+        sub = SpecTensors(problem.lower[case_of], problem.upper[case_of], C, d, group, onehot, real)
+        return PolytopeSplit(sub, case_of, index, K, problem.C.shape[1])
+
+    def intervals(self, bounds: dict[str, Interval] | None) -> dict[str, Interval] | None:
+        """Intervals valid on each original case's box (batch 1 or K) -> batch K'."""
+        K = self.original_cases
+        return {k: Interval(v.lower.expand(K, *v.lower.shape[1:])[self.case_of],
+                            v.upper.expand(K, *v.upper.shape[1:])[self.case_of])
+                for k, v in (bounds or {}).items()} or None
+
+    def per_row(self, tensors: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Per-case, per-row tensors (K|1, R, ...) -> (K', R', ...); others are dropped."""
+        out = {}
+        for k, t in (tensors or {}).items():
+            if t.dim() < 2 or t.shape[1] != self.original_rows or t.shape[0] not in (1, self.original_cases):
+                continue
+            t = t.expand(self.original_cases, *t.shape[1:])
+            out[k] = t[self.case_of.unsqueeze(1), self.row_of.clamp(min=0)]
+        return out
+
+    def falsifier(self, falsify: Callable | None) -> Callable | None:
+        """An attack on original cases, called with new case numbers (it returns original ones)."""
+        if falsify is None:
+            return None
+        case_of = self.case_of
+
+        def on_split(points: torch.Tensor, cases: torch.Tensor):
+            return falsify(points, case_of[cases])
+        return on_split

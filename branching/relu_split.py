@@ -23,7 +23,7 @@ from bounds.ops.relu import LeakyRelu, Relu
 from bounds.types import Interval
 from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, input_coefficients, is_out_of_memory,
                            memory_batch_size, shrink_batch, stop_reason)
-from branching.problem import SpecTensors
+from branching.problem import PolytopeSplit, SpecTensors
 
 
 @dataclass(frozen=True)
@@ -253,6 +253,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     optimised intermediate layers; batch 1 or K) tighten every sub-problem; `root_alphas`
     (the output bound's slopes from the same run, (K, S, *shape)) warm-start the first
     sub-problems, whose children then start from their parent's slopes and multipliers.
+    Each polytope of each case is searched as its own sub-problem (see PolytopeSplit).
     `falsify(points, cases)`, called every `options.falsify_every` seconds with the input
     points that minimise the worst open sub-problems' deciding rows, may return a violating
     (x, case) found around them (e.g. by PGD); the search then stops with `sat`.
@@ -262,6 +263,13 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     layers = _relu_layers(graph)
     if not layers:
         return BaBOutcome("unknown", notes=["the network has no ReLU to split"])
+    split = PolytopeSplit.of(problem)
+    if split.problem.n_cases == 0:
+        return BaBOutcome("unsat", elapsed=time.perf_counter() - start)
+    problem, case_of = split.problem, split.case_of
+    root_bounds = split.intervals(root_bounds)
+    root_alphas = split.per_row(root_alphas)
+    falsify = split.falsifier(falsify)
     order = {n.name: i for i, n in enumerate(graph.nodes)}
     relaxed = pre_activation_nodes(graph)
     sizes = {pre: graph[pre].shape for _, pre in layers}
@@ -320,7 +328,8 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         hit = problem.violated(batch.case[idx], y)
         if bool(hit.any()):
             first = hit.nonzero()[0, 0]
-            outcome.status, outcome.witness, outcome.witness_case = "sat", corner[first], int(batch.case[idx][first])
+            outcome.status, outcome.witness = "sat", corner[first]
+            outcome.witness_case = int(case_of[batch.case[idx][first]])
             break
         if falsify is not None and time.perf_counter() - last_attack > options.falsify_every:
             worst = torch.argsort(margins_sub)[:16]
@@ -343,7 +352,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
                 verdict, x = _solve_leaf(graph, problem, kept, i, sub_bounds, deadline)
                 if verdict == "sat":
                     outcome.status, outcome.witness = "sat", x.reshape(graph.input.shape)
-                    outcome.witness_case = int(kept.case[i])
+                    outcome.witness_case = int(case_of[kept.case[i]])
                     break
                 if verdict != "unsat" and outcome.status == "unsat":
                     outcome.notes.append("the exact solver gave no answer on a fully split sub-problem")
@@ -372,7 +381,8 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
             children.append(ReluDomains(kept.case, kept.score, kept.depth + 1, new_splits, kept.inter, newest,
                                         kept.params))
         domains = ReluDomains.cat([domains, *children])
-        outcome.worst_margin = float(margins_sub.min())
+        if len(domains):  # the worst open sub-problem anywhere, not just in this batch
+            outcome.worst_margin = float(domains.score.min())
         last_round = time.perf_counter() - round_start
         if progress is not None:
             progress(outcome, len(domains))

@@ -317,13 +317,25 @@ class _Run:
                 margins[k][p] = float(m[best]) if refutes[b, rows].any() else min(float(m[best]), 0.0)
 
     def pgd(self, open_targets: atk.Targets, starts: torch.Tensor, start_loss: torch.Tensor,
-            budget: Deadline | None = None) -> Result | None:
-        """PGD rounds until a replayed counterexample, pgd_rounds, max_seconds or the deadline.
+            budget: Deadline | None = None, stop_on_stall: bool = False) -> Result | None:
+        """PGD rounds until a replayed counterexample, pgd_rounds, max_seconds or the deadline
+        (or, with `stop_on_stall`, a cycle of round scales without progress).
         Every round starts one restart per target at the best point so far."""
         opts = self.options.attack
         budget = budget or self.deadline.within(opts.max_seconds)
         best_x, best_loss = starts.clone(), start_loss.clone()
+        cycle = len(atk.ROUND_SCALES)
+        cycle_start = best_loss.clone()
         for r in range(opts.pgd_rounds):
+            if r == 1:
+                cycle_start = best_loss.clone()  # the first round's gain over random sampling says little
+            if stop_on_stall and r > 1 and (r - 1) % cycle == 0:
+                # on a robust network the loss settles within the first cycle; later rounds
+                # only delay the bounds (measured: 10 of a 12 s unsat run on mnist 256x2)
+                gain = (cycle_start - best_loss) / (cycle_start.abs() + 1e-3)
+                if not bool((gain > opts.stall_tol).any()):
+                    break
+                cycle_start = best_loss.clone()
             if budget.expired():
                 break
             res = atk.pgd(self.graph, open_targets, opts, self.gen, budget, starts=best_x,
@@ -406,7 +418,7 @@ class _Run:
             if not self.input_split_applies():  # neuron splitting looks for counterexamples less well
                 seconds = max(seconds, 0.1 * self.options.timeout)
             budget = self.deadline.within(seconds)
-        found = self.pgd(open_targets, sampled.best_x[keep], sampled.best_loss[keep], budget)
+        found = self.pgd(open_targets, sampled.best_x[keep], sampled.best_loss[keep], budget, stop_on_stall=complete)
         self.timed("pgd", t)
         if found is not None:
             return self.retime(found)

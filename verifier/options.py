@@ -31,6 +31,9 @@ class AttackOptions:
     step_size        first PGD step of a coarse round, as a fraction of each input's range
     final_step_size  last PGD step, same unit; steps decay geometrically in between
     max_seconds      wall-clock cap of the whole PGD stage (None: only the run's deadline)
+    stall_tol        before branch and bound (which goes on attacking from its open
+                     sub-problems) the PGD stage stops once a whole cycle of round scales
+                     lowered no polytope's best loss by more than this, relative
     batch_size       most points evaluated in one forward pass
     """
 
@@ -41,6 +44,7 @@ class AttackOptions:
     step_size: float = 0.1
     final_step_size: float = 1e-4
     max_seconds: float | None = 30.0
+    stall_tol: float = 1e-3
     batch_size: int = 2048
 
     def __post_init__(self) -> None:

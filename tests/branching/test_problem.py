@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from branching.problem import SpecTensors
+from bounds.types import Interval
+from branching.problem import PolytopeSplit, SpecTensors
 from specs import Polytope, Spec, SpecCase
 
 
@@ -51,3 +52,35 @@ def test_open_part_keeps_exactly_the_open_polytopes_rows() -> None:
     only_open = problem.margins(torch.zeros(256, dtype=torch.long), torch.where(problem.group[0] == 0, 1e9, values))
     assert torch.allclose(m_small, only_open)
     assert bool(torch.isinf(small.margins(torch.ones(4, dtype=torch.long), torch.zeros(4, 3, dtype=torch.float64))).all())
+
+
+def test_polytope_split_gives_each_open_polytope_its_own_case() -> None:
+    rng = np.random.default_rng(5)
+    polys = lambda sizes: tuple(Polytope(rng.normal(size=(n, 3)), rng.normal(size=n)) for n in sizes)
+    boxes = [(np.zeros(2), np.ones(2)), (-np.ones(2), np.zeros(2))]
+    spec = Spec(2, 3, (SpecCase(*boxes[0], polys((1, 2))), SpecCase(*boxes[1], polys((1, 1, 1)))))
+    problem = SpecTensors.from_spec(spec, (2,), dtype=torch.float64)
+    # a root bound that refutes case 1's middle polytope (its only row is row 1)
+    root = torch.full((2, 3), -1e9, dtype=torch.float64)
+    root[1, 1] = problem.d[1, 1] + 1.0
+    split = PolytopeSplit.of(problem, root)
+    assert split.case_of.tolist() == [0, 0, 1, 1]
+    assert split.row_of.tolist() == [[0, -1], [1, 2], [0, -1], [2, -1]]
+    sub = split.problem
+    assert torch.equal(sub.lower[2], problem.lower[1])
+    y = torch.randn(512, 3, dtype=torch.float64)
+    for i, (k, rows) in enumerate(zip(split.case_of.tolist(), split.row_of.tolist())):
+        poly = [p for j, p in enumerate(spec.cases[k].polytopes)
+                if j == int(problem.group[k, rows[0]])][0]
+        expected = torch.tensor([bool((poly.C @ v <= poly.d).all()) for v in y.numpy()])
+        assert torch.equal(sub.violated(torch.full((512,), i), y), expected)
+    # per-case tensors follow their cases and rows; tensors of another shape are dropped
+    per_row = torch.arange(6.0).reshape(2, 3, 1)
+    moved = split.per_row({"a": per_row, "b": torch.zeros(2, 5)})
+    assert set(moved) == {"a"} and moved["a"][:, :, 0].tolist() == [[0, 0], [1, 2], [3, 3], [5, 3]]
+    iv = split.intervals({"x": Interval(torch.tensor([[1.0], [2.0]]), torch.tensor([[3.0], [4.0]]))})
+    assert iv["x"].lower.flatten().tolist() == [1.0, 1.0, 2.0, 2.0]
+    seen = []
+    attack = split.falsifier(lambda points, cases: seen.append(cases.tolist()))
+    attack(torch.zeros(2, 2), torch.tensor([3, 1]))
+    assert seen == [[1, 0]]

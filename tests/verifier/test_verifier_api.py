@@ -184,3 +184,25 @@ def test_torch_module():
         y = module(torch.tensor(res.witness_x, dtype=torch.float32).reshape(1, 2)).double().numpy().reshape(-1)
     assert np.allclose(y, res.witness_y) and y[1] >= 1.2
     assert math.isfinite(res.time_s)
+
+
+def test_attack_before_branch_and_bound_stops_when_its_loss_settles(net, tmp_path, monkeypatch):
+    """A robust property: the pre-BaB PGD rounds stop after one cycle of scales without
+    progress instead of using all pgd_rounds (BaB attacks its open sub-problems anyway)."""
+    import verifier.api as api
+
+    calls = []
+    real = api.atk.pgd
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api.atk, "pgd", counting)
+    many = VerifyOptions(timeout=30, attack=AttackOptions(pgd_rounds=20, pgd_steps=20, max_seconds=None))
+    res = verify(net, _spec(tmp_path, "HARD"), options=many)
+    assert res.outcome is Outcome.UNSAT and res.stage == "bab", res.message
+    assert len(calls) <= 1 + 2 * len(api.atk.ROUND_SCALES)
+    calls.clear()
+    res = verify(net, _spec(tmp_path, "HARD"), options=many.with_(branch_and_bound=False))
+    assert len(calls) == 20          # without a complete search the attack keeps its rounds
