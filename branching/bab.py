@@ -13,6 +13,7 @@ from bounds.graph.interpret import run
 from bounds.graph.ir import Graph
 from bounds.types import Interval
 from branching.domains import DomainBatch
+from branching.queue import DomainQueue
 from branching.input_split import bisect, split_scores
 from branching.problem import SpecTensors
 
@@ -144,8 +145,9 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
     start = time.perf_counter()
     K = problem.n_cases
     device = problem.lower.device
-    domains = DomainBatch(problem.lower, problem.upper, torch.arange(K, device=device),
-                          torch.full((K,), -torch.inf, device=device), torch.zeros(K, dtype=torch.long, device=device))
+    domains: DomainQueue[DomainBatch] = DomainQueue(DomainBatch.from_fields)
+    domains.push(DomainBatch(problem.lower, problem.upper, torch.arange(K, device=device),
+                             torch.full((K,), -torch.inf, device=device), torch.zeros(K, dtype=torch.long, device=device)))
     outcome = BaBOutcome("unsat")
     input_name = graph.inputs[0]
     relaxed = pre_activation_nodes(graph)
@@ -155,7 +157,7 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
         if stop_reason(outcome, deadline, len(domains), options, last_round):
             break
         round_start = time.perf_counter()
-        batch, domains = domains.pop_worst(batch_size)
+        batch = domains.pop_worst(batch_size)
         coeffs: dict[str, torch.Tensor] = {}
         computed: dict[str, Interval] = {}
         try:
@@ -165,7 +167,7 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
             if not is_out_of_memory(exc):
                 raise
             batch_size = shrink_batch(batch_size, exc, device)
-            domains = DomainBatch.cat([batch, domains])
+            domains.push(batch)
             continue
         outcome.visited += len(batch)
         outcome.max_depth = max(outcome.max_depth, int(batch.depth.max()))
@@ -198,9 +200,9 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
             break
         dims = split_scores(batch, A, rows).argmax(1)
         batch = DomainBatch(batch.lower, batch.upper, batch.case, margins, batch.depth, batch.inter)
-        domains = DomainBatch.cat([domains, bisect(batch, dims)])
+        domains.push(bisect(batch, dims))
         if len(domains):  # the worst open sub-problem anywhere, not just in this batch
-            outcome.worst_margin = float(domains.score.min())
+            outcome.worst_margin = domains.worst_score()
         last_round = time.perf_counter() - round_start
         if progress is not None:
             progress(outcome, len(domains))

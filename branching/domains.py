@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bounds.types import Interval
+from branching.queue import get_intervals, put_intervals
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,13 @@ class DomainBatch:
         return DomainBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in
                              ("lower", "upper", "case", "score", "depth")), inter)
 
-    def pop_worst(self, k: int) -> tuple["DomainBatch", "DomainBatch"]:
-        """The k domains with the lowest score, and the rest."""
-        if len(self) <= k:
-            return self, self.take(torch.zeros(0, dtype=torch.long, device=self.case.device))
-        order = torch.argsort(self.score)
-        return self.take(order[:k]), self.take(order[k:])
+    def fields(self) -> dict[str, torch.Tensor]:
+        """Every per-domain tensor by name, for a DomainQueue."""
+        out = {"lower": self.lower, "upper": self.upper, "case": self.case, "score": self.score, "depth": self.depth}
+        put_intervals(out, self.inter)
+        return out
+
+    @staticmethod
+    def from_fields(fields: dict[str, torch.Tensor]) -> "DomainBatch":
+        return DomainBatch(fields["lower"], fields["upper"], fields["case"], fields["score"], fields["depth"],
+                           get_intervals(fields))

@@ -36,6 +36,7 @@ from bounds.types import Interval
 from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, input_coefficients, is_out_of_memory,
                            memory_batch_size, shrink_batch, stop_reason)
 from branching.problem import PolytopeSplit, SpecTensors
+from branching.queue import DomainQueue, get_group, get_intervals, put_group, put_intervals
 from branching.split_points import SplitPoints, SplitTableOptions, mean_gap
 
 _BETA_PREFIXES = ("lo:", "hi:")
@@ -97,11 +98,26 @@ class GeneralDomains:
                               {k: torch.cat([p.split[k] for p in parts]) for k in parts[0].split},
                               _cat_params(parts), newest)
 
-    def pop_worst(self, k: int) -> tuple["GeneralDomains", "GeneralDomains"]:
-        if len(self) <= k:
-            return self, self.take(torch.zeros(0, dtype=torch.long, device=self.case.device))
-        order = torch.argsort(self.score)
-        return self.take(order[:k]), self.take(order[k:])
+    def fields(self) -> dict[str, torch.Tensor]:
+        """Every per-domain tensor by name, for a DomainQueue."""
+        out = {"case": self.case, "score": self.score, "depth": self.depth}
+        if self.newest is not None:
+            out["newest"] = self.newest
+        put_intervals(out, self.inter)
+        put_group(out, "split", self.split)
+        put_group(out, "param", self.params)
+        return out
+
+    @staticmethod
+    def from_fields(fields: dict[str, torch.Tensor]) -> "GeneralDomains":
+        return GeneralDomains(fields["case"], fields["score"], fields["depth"], get_intervals(fields),
+                              get_group(fields, "split"), get_group(fields, "param"), fields.get("newest"))
+
+    @staticmethod
+    def queue() -> DomainQueue["GeneralDomains"]:
+        # multipliers of a layer without a split yet start at 0 (as _cat_params does)
+        return DomainQueue(GeneralDomains.from_fields,
+                           zero_fill=lambda key: key.startswith(tuple("param/" + p for p in _BETA_PREFIXES)))
 
 
 def _cat_params(parts: list[GeneralDomains]) -> dict[str, torch.Tensor]:
@@ -418,7 +434,8 @@ def general_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaB
     order = {n.name: i for i, n in enumerate(graph.nodes)}
     relaxed = pre_activation_nodes(graph)
     points = SplitPoints(split_options.tables)
-    domains = _root_domains(graph, problem, relaxed, layers, root_bounds, root_alphas)
+    domains = GeneralDomains.queue()
+    domains.push(_root_domains(graph, problem, relaxed, layers, root_bounds, root_alphas))
     outcome = BaBOutcome("unsat")
     batch_size = memory_batch_size(graph, problem.C.shape[1], problem.C.dtype, device, max(1, options.batch_size // 8))
     last_round, last_attack = 0.0, time.perf_counter()
@@ -426,7 +443,7 @@ def general_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaB
         if stop_reason(outcome, deadline, len(domains), options, last_round):
             break
         round_start = time.perf_counter()
-        batch, domains = domains.pop_worst(batch_size)
+        batch = domains.pop_worst(batch_size)
         try:
             bounded = _bound_batch(graph, problem, batch, relaxed, order, options, split_options, deadline)
             if bounded is not None:
@@ -435,7 +452,7 @@ def general_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaB
             if not is_out_of_memory(exc):
                 raise
             batch_size = shrink_batch(batch_size, exc, device)
-            domains = GeneralDomains.cat([batch, domains])
+            domains.push(batch)
             continue
         outcome.visited += len(batch)
         outcome.max_depth = max(outcome.max_depth, int(batch.depth.max()))
@@ -455,9 +472,10 @@ def general_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaB
             if found is not None:
                 outcome.status, outcome.witness, outcome.witness_case = "sat", found[0], found[1]
                 break
-        domains = GeneralDomains.cat([domains, *new])
+        for part in new:
+            domains.push(part)
         if len(domains):  # the worst open sub-problem anywhere, not just in this batch
-            outcome.worst_margin = float(domains.score.min())
+            outcome.worst_margin = domains.worst_score()
         last_round = time.perf_counter() - round_start
         if progress is not None:
             progress(outcome, len(domains))

@@ -24,6 +24,7 @@ from bounds.types import Interval
 from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, input_coefficients, is_out_of_memory,
                            memory_batch_size, shrink_batch, stop_reason)
 from branching.problem import PolytopeSplit, SpecTensors
+from branching.queue import DomainQueue, get_group, get_intervals, put_group, put_intervals
 
 
 @dataclass(frozen=True)
@@ -49,24 +50,20 @@ class ReluDomains:
                            None if self.newest is None else self.newest[idx],
                            {k: v[idx] for k, v in self.params.items()})
 
-    @staticmethod
-    def cat(parts: list["ReluDomains"]) -> "ReluDomains":
-        parts = [p for p in parts if len(p)] or parts[:1]
-        keys = set.intersection(*(set(p.inter) for p in parts))
-        pkeys = set.intersection(*(set(p.params) for p in parts))
-        newest = None if any(p.newest is None for p in parts) else torch.cat([p.newest for p in parts])
-        return ReluDomains(torch.cat([p.case for p in parts]), torch.cat([p.score for p in parts]),
-                           torch.cat([p.depth for p in parts]),
-                           {k: torch.cat([p.splits[k] for p in parts]) for k in parts[0].splits},
-                           {k: Interval(torch.cat([p.inter[k].lower for p in parts]),
-                                        torch.cat([p.inter[k].upper for p in parts])) for k in keys},
-                           newest, {k: torch.cat([p.params[k] for p in parts]) for k in pkeys})
+    def fields(self) -> dict[str, torch.Tensor]:
+        """Every per-domain tensor by name, for a DomainQueue."""
+        out = {"case": self.case, "score": self.score, "depth": self.depth}
+        if self.newest is not None:
+            out["newest"] = self.newest
+        put_group(out, "split", self.splits)
+        put_group(out, "param", self.params)
+        put_intervals(out, self.inter)
+        return out
 
-    def pop_worst(self, k: int) -> tuple["ReluDomains", "ReluDomains"]:
-        if len(self) <= k:
-            return self, self.take(torch.zeros(0, dtype=torch.long, device=self.case.device))
-        order = torch.argsort(self.score)
-        return self.take(order[:k]), self.take(order[k:])
+    @staticmethod
+    def from_fields(fields: dict[str, torch.Tensor]) -> "ReluDomains":
+        return ReluDomains(fields["case"], fields["score"], fields["depth"], get_group(fields, "split"),
+                           get_intervals(fields), fields.get("newest"), get_group(fields, "param"))
 
 
 def _rows(t: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
@@ -285,8 +282,9 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         R = problem.C.shape[1]
         warm = {k: v.expand(K, R, *v.shape[2:]).float().clone() for k, v in root_alphas.items()
                 if v.dim() >= 2 and v.shape[1] == R and v.shape[0] in (1, K)}
-    domains = ReluDomains(torch.arange(K, device=device), torch.full((K,), -torch.inf, device=device),
-                          torch.zeros(K, dtype=torch.long, device=device), splits, inter, None, warm)
+    domains: DomainQueue[ReluDomains] = DomainQueue(ReluDomains.from_fields)
+    domains.push(ReluDomains(torch.arange(K, device=device), torch.full((K,), -torch.inf, device=device),
+                             torch.zeros(K, dtype=torch.long, device=device), splits, inter, None, warm))
     outcome = BaBOutcome("unsat")
     offsets, total = {}, 0
     for _, pre in layers:
@@ -302,7 +300,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         if stop_reason(outcome, deadline, len(domains), options, last_round):
             break
         round_start = time.perf_counter()
-        batch, domains = domains.pop_worst(batch_size)
+        batch = domains.pop_worst(batch_size)
         try:
             bounded = _bound_round(graph, problem, batch, relaxed, order, options, beta_options, deadline)
             bound_seconds = time.perf_counter() - round_start
@@ -310,7 +308,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
             if not is_out_of_memory(exc):
                 raise
             batch_size = shrink_batch(batch_size, exc, device)
-            domains = ReluDomains.cat([batch, domains])
+            domains.push(batch)
             continue
         outcome.visited += len(batch)
         outcome.max_depth = max(outcome.max_depth, int(batch.depth.max()))
@@ -380,9 +378,10 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
             new_splits, newest = _with_split(kept.splits, best, sign, layers, offsets, order)
             children.append(ReluDomains(kept.case, kept.score, kept.depth + 1, new_splits, kept.inter, newest,
                                         kept.params))
-        domains = ReluDomains.cat([domains, *children])
+        for child in children:
+            domains.push(child)
         if len(domains):  # the worst open sub-problem anywhere, not just in this batch
-            outcome.worst_margin = float(domains.score.min())
+            outcome.worst_margin = domains.worst_score()
         last_round = time.perf_counter() - round_start
         if progress is not None:
             progress(outcome, len(domains))

@@ -1,0 +1,134 @@
+"""The waiting sub-problems of a branch-and-bound search, worst first.
+
+Sub-problems carry large per-domain tensors (intervals of every layer, slopes, split
+decisions). Keeping them as one batch that is re-concatenated and re-sorted every round
+costs time in proportion to the whole queue, which on long runs outgrew the bounding itself
+(mnist 256x4: 63 of 143 s in cat/take with 60k domains waiting). Here they live in slots of
+preallocated tensors: a push writes only the new rows, a pop gathers only the popped rows
+and moves as many from the end into the holes, and only the scores are searched.
+"""
+from __future__ import annotations
+
+from typing import Callable, Generic, Protocol, TypeVar
+
+import torch
+
+
+class Flattable(Protocol):
+    def fields(self) -> dict[str, torch.Tensor]: ...
+
+
+D = TypeVar("D", bound=Flattable)
+
+
+class DomainQueue(Generic[D]):
+    """Sub-problems as named tensors (leading dimension: the domain), popped by lowest "score".
+
+    `build` turns a dict of fields back into the domain type. Fields that a pushed batch lacks
+    while the queue holds them (or the reverse) are dropped from both, unless `zero_fill(name)`
+    says zeros are a valid value for them (e.g. split multipliers of a layer with no split yet).
+    """
+
+    def __init__(self, build: Callable[[dict[str, torch.Tensor]], D],
+                 zero_fill: Callable[[str], bool] = lambda name: False) -> None:
+        self._build = build
+        self._zero_fill = zero_fill
+        self._store: dict[str, torch.Tensor] = {}
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def scores(self) -> torch.Tensor:
+        return self._store["score"][: self._n]
+
+    def worst_score(self) -> float | None:
+        return float(self.scores.min()) if self._n else None
+
+    def push(self, domains: D) -> None:
+        fields = domains.fields()
+        m = fields["score"].shape[0]
+        if m == 0:
+            return
+        if self._n == 0:
+            # an empty queue takes the batch's fields as they are (storage is reused when it fits)
+            self._store = {k: v for k, v in self._store.items() if k in fields
+                           and v.shape[1:] == fields[k].shape[1:] and v.dtype == fields[k].dtype}
+        else:
+            self._reconcile(fields)
+        need = self._n + m
+        for key, value in fields.items():
+            store = self._store.get(key)
+            if store is None or store.shape[0] < need:
+                capacity = max(need, 2 * (store.shape[0] if store is not None else 0), 64)
+                grown = value.new_empty(capacity, *value.shape[1:])
+                if store is not None and self._n:
+                    grown[: self._n] = store[: self._n]
+                self._store[key] = store = grown
+            store[self._n: need] = value
+        self._n = need
+
+    def _reconcile(self, fields: dict[str, torch.Tensor]) -> None:
+        m = fields["score"].shape[0]
+        for key in list(self._store):
+            if key in fields:
+                continue
+            if self._zero_fill(key):
+                like = self._store[key]
+                fields[key] = like.new_zeros(m, *like.shape[1:])
+            else:
+                del self._store[key]
+        for key in list(fields):
+            if key in self._store:
+                continue
+            if self._zero_fill(key):
+                value = fields[key]
+                self._store[key] = value.new_zeros(max(self._n, 64), *value.shape[1:])
+            else:
+                del fields[key]
+
+    def pop_worst(self, k: int) -> D:
+        """The (at most) k waiting domains with the lowest score, removed from the queue."""
+        n = self._n
+        k = min(k, n)
+        if k == n:
+            idx = torch.arange(n, device=self.scores.device)
+        else:
+            idx = torch.topk(self.scores, k, largest=False, sorted=False).indices
+        out = self._build({key: v[idx] for key, v in self._store.items()})
+        # fill the holes below the new end with the survivors above it
+        tail = n - k
+        removed = torch.zeros(n, dtype=torch.bool, device=idx.device)
+        removed[idx] = True
+        holes = idx[idx < tail]
+        movers = (~removed[tail:]).nonzero().flatten() + tail
+        if len(holes):
+            for v in self._store.values():
+                v[holes] = v[movers]
+        self._n = tail
+        return out
+
+
+def put_group(fields: dict[str, torch.Tensor], prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Store a dict of per-domain tensors under `prefix/name` keys."""
+    for name, value in tensors.items():
+        fields[f"{prefix}/{name}"] = value
+
+
+def get_group(fields: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors put_group stored under `prefix` (names may contain '/' themselves)."""
+    head = prefix + "/"
+    return {key[len(head):]: value for key, value in fields.items() if key.startswith(head)}
+
+
+def put_intervals(fields: dict[str, torch.Tensor], inter: dict) -> None:
+    put_group(fields, "lo", {k: v.lower for k, v in inter.items()})
+    put_group(fields, "up", {k: v.upper for k, v in inter.items()})
+
+
+def get_intervals(fields: dict[str, torch.Tensor]) -> dict:
+    from bounds.types import Interval
+
+    lower, upper = get_group(fields, "lo"), get_group(fields, "up")
+    return {k: Interval(lower[k], upper[k]) for k in lower if k in upper}

@@ -1,0 +1,64 @@
+"""DomainQueue: pops exactly the lowest scores, keeps every other domain intact, reconciles fields."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from branching.queue import DomainQueue, get_group, put_group
+
+
+@dataclass
+class Rows:
+    score: torch.Tensor
+    ident: torch.Tensor
+    extra: dict
+
+    def fields(self) -> dict[str, torch.Tensor]:
+        out = {"score": self.score, "ident": self.ident}
+        put_group(out, "x", self.extra)
+        return out
+
+    @staticmethod
+    def build(fields: dict[str, torch.Tensor]) -> "Rows":
+        return Rows(fields["score"], fields["ident"], get_group(fields, "x"))
+
+
+def test_pops_the_lowest_scores_and_keeps_the_rest() -> None:
+    gen = torch.Generator().manual_seed(0)
+    queue: DomainQueue[Rows] = DomainQueue(Rows.build)
+    reference: dict[int, float] = {}
+    next_id = 0
+    for step in range(200):
+        m = int(torch.randint(0, 40, (1,), generator=gen))
+        scores = torch.randn(m, generator=gen)
+        ids = torch.arange(next_id, next_id + m)
+        next_id += m
+        # a per-domain payload that must travel with its domain (names may contain '/')
+        queue.push(Rows(scores, ids, {"/layer/0": ids.double().reshape(m, 1).expand(m, 3) * 2}))
+        reference.update(zip(ids.tolist(), scores.tolist()))
+        k = int(torch.randint(0, 30, (1,), generator=gen))
+        out = queue.pop_worst(k)
+        expected = sorted(reference.values())[: min(k, len(reference))]
+        assert sorted(out.score.tolist()) == expected
+        for i, s in zip(out.ident.tolist(), out.score.tolist()):
+            assert reference.pop(i) == s
+        assert torch.equal(out.extra["/layer/0"], out.ident.double().reshape(-1, 1).expand(-1, 3) * 2)
+        assert len(queue) == len(reference)
+        if reference:
+            assert queue.worst_score() == min(reference.values())
+    rest = queue.pop_worst(10 ** 6)
+    assert sorted(rest.ident.tolist()) == sorted(reference) and len(queue) == 0
+
+
+def test_fields_missing_on_one_side_are_dropped_or_zero_filled() -> None:
+    queue: DomainQueue[Rows] = DomainQueue(Rows.build, zero_fill=lambda key: key.startswith("x/beta"))
+    one = torch.ones(2)
+    queue.push(Rows(one, torch.tensor([0, 1]), {"alpha": one.clone(), "beta": one.clone()}))
+    queue.push(Rows(one, torch.tensor([2, 3]), {"gamma": one.clone()}))
+    out = queue.pop_worst(4)
+    assert set(out.extra) == {"beta"}                     # alpha and gamma: not on every domain
+    assert out.extra["beta"][out.ident.argsort()].tolist() == [1.0, 1.0, 0.0, 0.0]
+    # once empty, the queue takes the next batch's fields as they are
+    queue.push(Rows(one, torch.tensor([4, 5]), {"alpha": one.clone()}))
+    assert set(queue.pop_worst(1).extra) == {"alpha"}
