@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BaBOptions:
+    #: sub-problems bounded per round: input splitting takes this many, ReLU splitting this
+    #: many spec rows' worth, general-nonlinearity splitting an eighth (costlier relaxations)
     batch_size: int = 512
     #: stop (unknown) rather than exhaust memory once this many domains wait
     max_domains: int = 2_000_000
