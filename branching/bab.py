@@ -45,6 +45,9 @@ class BaBOptions:
     #: by bounding both children once, and the one whose worse child is best wins)
     branching: str = "fsb"
     fsb_candidates: int = 4
+    #: how "fsb" rates a candidate from its children's margins (each capped at 0, refuted):
+    #: "min" the worse child, "max" the better one (one child refuted halves the work left)
+    fsb_reduce: str = "min"
     #: "fsb" falls back to "babsr" for the rest of a run once trying the candidates takes
     #: longer than this many times the round's bounding (then more rounds beat better choices)
     fsb_max_cost: float = 1.0
@@ -52,6 +55,8 @@ class BaBOptions:
     def __post_init__(self) -> None:
         if self.branching not in ("babsr", "fsb"):
             raise ValueError(f"BaBOptions.branching must be 'babsr' or 'fsb', got {self.branching!r}")
+        if self.fsb_reduce not in ("min", "max"):
+            raise ValueError(f"BaBOptions.fsb_reduce must be 'min' or 'max', got {self.fsb_reduce!r}")
 
 
 @dataclass
@@ -96,6 +101,12 @@ def available_memory(device: torch.device) -> int:
         return 4 << 30
 
 
+def rate_children(margins: torch.Tensor, reduce: str, dim: int) -> torch.Tensor:
+    """A split candidate's rating from its children's margins along `dim` (see fsb_reduce)."""
+    capped = margins.clamp(max=0.0)
+    return capped.amin(dim) if reduce == "min" else capped.amax(dim)
+
+
 def memory_batch_size(graph: Graph, rows: int, dtype: torch.dtype, device: torch.device, cap: int,
                       share: float = 0.25) -> int:
     """Sub-problems per batch such that one backward pass's coefficient matrices (about ten
@@ -124,10 +135,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
 
 
-def shrink_batch(batch_size: int, exc: BaseException, device: torch.device) -> int:
-    """The next batch size after an out-of-memory error (re-raised when it cannot shrink)."""
-    if batch_size <= 1:
+def requeue_smaller(exc: BaseException, batch_size: int, domains: DomainQueue, batch, device: torch.device) -> int:
+    """After `exc` bounding `batch`: put the batch back and return the halved batch size when
+    it was out of memory; re-raise anything else, or when the batch cannot shrink."""
+    if not is_out_of_memory(exc) or batch_size <= 1:
         raise exc
+    domains.push(batch)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     log.info("out of memory with %d sub-problems per batch; retrying with %d", batch_size, batch_size // 2)
@@ -166,10 +179,7 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
             lower = spec_lower_bounds(graph, Interval(batch.lower, batch.upper), problem.C[batch.case], "crown",
                                       bounds=computed, record=coeffs, prior=batch.inter or None)
         except (RuntimeError, MemoryError) as exc:
-            if not is_out_of_memory(exc):
-                raise
-            batch_size = shrink_batch(batch_size, exc, device)
-            domains.push(batch)
+            batch_size = requeue_smaller(exc, batch_size, domains, batch, device)
             continue
         outcome.visited += len(batch)
         outcome.max_depth = max(outcome.max_depth, int(batch.depth.max()))

@@ -33,8 +33,8 @@ from bounds.graph.ir import Graph, Node
 from bounds.ops import RULES
 from bounds.ops.base import ActivationRule
 from bounds.types import Interval
-from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, input_coefficients, is_out_of_memory,
-                           memory_batch_size, shrink_batch, stop_reason)
+from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, input_coefficients,
+                           memory_batch_size, rate_children, requeue_smaller, stop_reason)
 from branching.problem import PolytopeSplit, SpecTensors
 from branching.queue import DomainQueue, get_group, get_intervals, put_group, put_intervals
 from branching.split_points import SplitPoints, SplitTableOptions, mean_gap
@@ -335,7 +335,7 @@ def _children_of(kept: GeneralDomains, layers, cand: _Candidates, best: torch.Te
 
 
 def _fsb_choice(graph: Graph, problem: SpecTensors, bounded: _Bounded, layers, cand: _Candidates,
-                order: dict[str, int], k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+                order: dict[str, int], k: int, reduce: str = "min") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Of the k best candidates by the estimate, the one whose worst piece bounds best when
     bounded once with the parent's parameters; also those pieces' margins (pieces, N)."""
     n = len(bounded.domains)
@@ -361,7 +361,7 @@ def _fsb_choice(graph: Graph, problem: SpecTensors, bounded: _Bounded, layers, c
     with torch.no_grad():
         lower = _lower(graph, C, bounds, params, joined.split)
     margins = problem.margins(joined.case, lower).reshape(top_idx.shape[1], pieces, n)   # (k, pieces, N)
-    worst = margins.amin(1)
+    worst = rate_children(margins, reduce, 1)
     worst = torch.where(top_val.T >= 0, worst, torch.full_like(worst, -torch.inf))
     pick = worst.argmax(0)
     arange = torch.arange(n, device=pick.device)
@@ -449,10 +449,7 @@ def general_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaB
             if bounded is not None:
                 new = _expand(graph, problem, bounded, layers, points, order, options, split_options, outcome)
         except (RuntimeError, MemoryError) as exc:
-            if not is_out_of_memory(exc):
-                raise
-            batch_size = shrink_batch(batch_size, exc, device)
-            domains.push(batch)
+            batch_size = requeue_smaller(exc, batch_size, domains, batch, device)
             continue
         outcome.visited += len(batch)
         outcome.max_depth = max(outcome.max_depth, int(batch.depth.max()))
@@ -505,7 +502,8 @@ def _expand(graph: Graph, problem: SpecTensors, bounded: _Bounded, layers, point
         return []
     child_margins = None
     if options.branching == "fsb":
-        best, child_margins = _fsb_choice(graph, problem, bounded, layers, cand, order, options.fsb_candidates)
+        best, child_margins = _fsb_choice(graph, problem, bounded, layers, cand, order, options.fsb_candidates,
+                                          options.fsb_reduce)
     else:
         best = cand.score.argmax(1)
     children = _children_of(kept, layers, cand, best, order)

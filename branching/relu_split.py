@@ -21,8 +21,8 @@ from bounds.graph.ir import Graph
 from bounds.ops import RULES
 from bounds.ops.relu import LeakyRelu, Relu
 from bounds.types import Interval
-from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, input_coefficients, is_out_of_memory,
-                           memory_batch_size, shrink_batch, stop_reason)
+from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, input_coefficients,
+                           memory_batch_size, rate_children, requeue_smaller, stop_reason)
 from branching.problem import PolytopeSplit, SpecTensors
 from branching.queue import DomainQueue, get_group, get_intervals, put_group, put_intervals
 
@@ -122,7 +122,7 @@ def _with_split(splits: dict[str, torch.Tensor], best: torch.Tensor, sign: int, 
 
 def _fsb_choice(graph: Graph, problem: SpecTensors, kept: ReluDomains, bounds: dict[str, Interval],
                 scores: torch.Tensor, layers,
-                offsets: dict[str, int], order: dict[str, int], k: int) -> torch.Tensor:
+                offsets: dict[str, int], order: dict[str, int], k: int, reduce: str = "min") -> torch.Tensor:
     """Filtered smart branching: of the k best candidates by the cheap score, the one whose
     worse child has the best bound, each child bounded once with the parent's parameters."""
     n = len(kept)
@@ -148,7 +148,7 @@ def _fsb_choice(graph: Graph, problem: SpecTensors, kept: ReluDomains, bounds: d
     with torch.no_grad():
         lower = bound_with(search_graph(graph) if graph_dtype(graph) == torch.float64 else graph,
                            graph.outputs[0], C, inter, params, splits)
-    worse = problem.margins(case, lower).reshape(k, 2, n).amin(1)           # (k, n)
+    worse = rate_children(problem.margins(case, lower).reshape(k, 2, n), reduce, 1)   # (k, n)
     worse = torch.where(top_val.T >= 0, worse, torch.full_like(worse, -torch.inf))
     pick = worse.argmax(0)
     return top_idx[torch.arange(n, device=top_idx.device), pick]
@@ -308,10 +308,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
             bounded = _bound_round(graph, problem, batch, relaxed, order, options, beta_options, deadline)
             bound_seconds = time.perf_counter() - round_start
         except (RuntimeError, MemoryError) as exc:
-            if not is_out_of_memory(exc):
-                raise
-            batch_size = shrink_batch(batch_size, exc, device)
-            domains.push(batch)
+            batch_size = requeue_smaller(exc, batch_size, domains, batch, device)
             continue
         outcome.visited += len(batch)
         outcome.max_depth = max(outcome.max_depth, int(batch.depth.max()))
@@ -369,7 +366,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         if use_fsb:
             fsb_start = time.perf_counter()
             best = _fsb_choice(graph, problem, kept, sub_bounds, scores, layers, offsets, order,
-                               options.fsb_candidates)
+                               options.fsb_candidates, options.fsb_reduce)
             # trying candidates must stay cheaper than bounding: on nets with costly relaxations
             # (softmax) the cheap estimate with more rounds solves more
             if time.perf_counter() - fsb_start > options.fsb_max_cost * bound_seconds:
