@@ -7,7 +7,7 @@ import torch
 import branching.relu_split as relu_split
 from bounds.alpha import AlphaOptions, optimise_all
 from bounds.types import Interval
-from branching.bab import BaBOptions, is_out_of_memory
+from branching.bab import BaBOptions, is_out_of_memory, rate_children
 from branching.milp import verify_milp
 from branching.problem import SpecTensors
 from tests.bounds.random_graphs import random_mlp
@@ -15,8 +15,8 @@ from tests.branching.test_bab_vs_milp import _Deadline, _random_spec
 
 
 @pytest.mark.parametrize("seed", range(12))
-@pytest.mark.parametrize("refine", [False, True])
-def test_warm_started_relu_bab_agrees_with_milp(seed: int, refine: bool) -> None:
+@pytest.mark.parametrize("refine,reduce", [(False, "min"), (True, "min"), (False, "max")])
+def test_warm_started_relu_bab_agrees_with_milp(seed: int, refine: bool, reduce: str) -> None:
     graph = random_mlp(300 + seed, width=8, depth=3, n_in=4, n_out=3, acts=["Relu"])
     spec = _random_spec(graph, seed)
     exact, _, best = verify_milp(graph, spec, time_limit=30)
@@ -27,7 +27,8 @@ def test_warm_started_relu_bab_agrees_with_milp(seed: int, refine: bool) -> None
     _, root = optimise_all(graph, Interval(problem.lower, problem.upper), problem.C,
                            AlphaOptions(iterations=5, stop_above=None), final_alphas=alphas)
     assert alphas, "optimise_all hands back the output bound's slopes"
-    outcome = relu_split.relu_split_bab(graph, problem, _Deadline(30), BaBOptions(refine_intermediate=refine),
+    outcome = relu_split.relu_split_bab(graph, problem, _Deadline(30), BaBOptions(refine_intermediate=refine,
+                                                                                    fsb_reduce=reduce),
                                         root_bounds=root, root_alphas=alphas)
     if exact == "sat" and outcome.status == "unknown":
         return
@@ -138,3 +139,11 @@ def test_batch_size_follows_free_memory(monkeypatch) -> None:
     assert bab.memory_batch_size(graph, 9, torch.float64, torch.device("cpu"), cap=64) == 5
     monkeypatch.setattr(bab, "available_memory", lambda device: 0)
     assert bab.memory_batch_size(graph, 9, torch.float64, torch.device("cpu"), cap=64) == 1
+
+
+def test_split_candidates_are_rated_by_the_worse_or_the_better_child() -> None:
+    margins = torch.tensor([[-1.0, 2.0], [-3.0, -0.5]])          # (candidates, children)
+    assert rate_children(margins, "min", 1).tolist() == [-1.0, -3.0]
+    assert rate_children(margins, "max", 1).tolist() == [0.0, -0.5]   # a refuted child counts as 0
+    with pytest.raises(ValueError, match="fsb_reduce"):
+        BaBOptions(fsb_reduce="mean")
