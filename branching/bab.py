@@ -27,6 +27,9 @@ class BaBOptions:
     batch_size: int = 512
     #: stop (unknown) rather than exhaust memory once this many domains wait
     max_domains: int = 2_000_000
+    #: ... or once the waiting sub-problems' tensors need more than this share of the memory
+    #: free when the search started (an answer instead of the process killed for memory)
+    queue_memory_share: float = 0.5
     #: domains narrower than this in every dimension are not split further
     min_width: float = 1e-7
     #: gradient steps on the split multipliers (beta) and slopes per neuron-split round
@@ -71,7 +74,7 @@ class BaBOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def stop_reason(outcome: BaBOutcome, deadline, waiting: int, options: BaBOptions,
+def stop_reason(outcome: BaBOutcome, deadline, waiting: DomainQueue, options: BaBOptions,
                 last_round: float = 0.0) -> bool:
     """Set the outcome's status and return True when the search has to stop unfinished.
 
@@ -81,11 +84,22 @@ def stop_reason(outcome: BaBOutcome, deadline, waiting: int, options: BaBOptions
     if deadline.expired() or (hasattr(deadline, "remaining") and last_round > deadline.remaining()):
         outcome.status = "timeout"
         return True
-    if waiting > options.max_domains:
+    if len(waiting) > options.max_domains or waiting.full:
         outcome.status = "unknown"
-        outcome.notes.append(f"more than {options.max_domains} open sub-problems")
+        why = (f"more than {options.max_domains}" if len(waiting) > options.max_domains else
+               f"{len(waiting)} open sub-problems fill the memory set aside for them "
+               f"({options.queue_memory_share:.0%} of what was free); so many")
+        outcome.notes.append(f"{why} open sub-problems")
         return True
     return False
+
+
+def new_queue(build, device: torch.device, options: BaBOptions, zero_fill=None) -> DomainQueue:
+    """A queue for waiting sub-problems, capped at options.queue_memory_share of the free memory."""
+    budget = int(options.queue_memory_share * available_memory(device))
+    if zero_fill is None:
+        return DomainQueue(build, max_bytes=budget)
+    return DomainQueue(build, zero_fill=zero_fill, max_bytes=budget)
 
 
 def available_memory(device: torch.device) -> int:
@@ -160,7 +174,7 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
     start = time.perf_counter()
     K = problem.n_cases
     device = problem.lower.device
-    domains: DomainQueue[DomainBatch] = DomainQueue(DomainBatch.from_fields)
+    domains: DomainQueue[DomainBatch] = new_queue(DomainBatch.from_fields, device, options)
     domains.push(DomainBatch(problem.lower, problem.upper, torch.arange(K, device=device),
                              torch.full((K,), -torch.inf, device=device), torch.zeros(K, dtype=torch.long, device=device)))
     outcome = BaBOutcome("unsat")
@@ -169,7 +183,7 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
     last_round = 0.0
     batch_size = memory_batch_size(graph, problem.C.shape[1], problem.C.dtype, device, options.batch_size)
     while len(domains):
-        if stop_reason(outcome, deadline, len(domains), options, last_round):
+        if stop_reason(outcome, deadline, domains, options, last_round):
             break
         round_start = time.perf_counter()
         batch = domains.pop_worst(batch_size)

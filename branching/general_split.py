@@ -34,7 +34,7 @@ from bounds.ops import RULES
 from bounds.ops.base import ActivationRule
 from bounds.types import Interval
 from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, input_coefficients,
-                           memory_batch_size, rate_children, requeue_smaller, stop_reason)
+                           memory_batch_size, new_queue, rate_children, requeue_smaller, stop_reason)
 from branching.problem import PolytopeSplit, SpecTensors
 from branching.queue import DomainQueue, get_group, get_intervals, put_group, put_intervals
 from branching.split_points import SplitPoints, SplitTableOptions, mean_gap
@@ -114,10 +114,10 @@ class GeneralDomains:
                               get_group(fields, "split"), get_group(fields, "param"), fields.get("newest"))
 
     @staticmethod
-    def queue() -> DomainQueue["GeneralDomains"]:
+    def queue(device: torch.device, options: BaBOptions) -> DomainQueue["GeneralDomains"]:
         # multipliers of a layer without a split yet start at 0 (as _cat_params does)
-        return DomainQueue(GeneralDomains.from_fields,
-                           zero_fill=lambda key: key.startswith(tuple("param/" + p for p in _BETA_PREFIXES)))
+        return new_queue(GeneralDomains.from_fields, device, options,
+                         zero_fill=lambda key: key.startswith(tuple("param/" + p for p in _BETA_PREFIXES)))
 
 
 def _cat_params(parts: list[GeneralDomains]) -> dict[str, torch.Tensor]:
@@ -434,13 +434,13 @@ def general_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaB
     order = {n.name: i for i, n in enumerate(graph.nodes)}
     relaxed = pre_activation_nodes(graph)
     points = SplitPoints(split_options.tables)
-    domains = GeneralDomains.queue()
+    domains = GeneralDomains.queue(device, options)
     domains.push(_root_domains(graph, problem, relaxed, layers, root_bounds, root_alphas))
     outcome = BaBOutcome("unsat")
     batch_size = memory_batch_size(graph, problem.C.shape[1], problem.C.dtype, device, max(1, options.batch_size // 8))
     last_round, last_attack = 0.0, time.perf_counter()
     while len(domains):
-        if stop_reason(outcome, deadline, len(domains), options, last_round):
+        if stop_reason(outcome, deadline, domains, options, last_round):
             break
         round_start = time.perf_counter()
         batch = domains.pop_worst(batch_size)

@@ -30,11 +30,15 @@ class DomainQueue(Generic[D]):
     """
 
     def __init__(self, build: Callable[[dict[str, torch.Tensor]], D],
-                 zero_fill: Callable[[str], bool] = lambda name: False) -> None:
+                 zero_fill: Callable[[str], bool] = lambda name: False, max_bytes: int | None = None) -> None:
         self._build = build
         self._zero_fill = zero_fill
         self._store: dict[str, torch.Tensor] = {}
         self._n = 0
+        #: storage beyond which the queue stops doubling; `full` then tells the search to stop
+        #: (an `unknown` with a reason beats the process being killed for memory)
+        self.max_bytes = max_bytes
+        self.full = False
 
     def __len__(self) -> int:
         return self._n
@@ -58,10 +62,14 @@ class DomainQueue(Generic[D]):
         else:
             self._reconcile(fields)
         need = self._n + m
+        row_bytes = sum(v[:1].numel() * v.element_size() for v in fields.values())
         for key, value in fields.items():
             store = self._store.get(key)
             if store is None or store.shape[0] < need:
                 capacity = max(need, 2 * (store.shape[0] if store is not None else 0), 64)
+                if self.max_bytes is not None and capacity * row_bytes > self.max_bytes:
+                    capacity = need
+                    self.full = self.full or need * row_bytes > self.max_bytes
                 grown = value.new_empty(capacity, *value.shape[1:])
                 if store is not None and self._n:
                     grown[: self._n] = store[: self._n]

@@ -8,6 +8,7 @@ refuted outright.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -22,7 +23,8 @@ from bounds.ops import RULES
 from bounds.ops.relu import LeakyRelu, Relu
 from bounds.types import Interval
 from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, input_coefficients,
-                           memory_batch_size, rate_children, requeue_smaller, stop_reason)
+                           memory_batch_size, new_queue, rate_children, requeue_smaller,
+                           stop_reason)
 from branching.problem import PolytopeSplit, SpecTensors
 from branching.queue import DomainQueue, get_group, get_intervals, put_group, put_intervals
 
@@ -282,9 +284,14 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         R = problem.C.shape[1]
         warm = {k: v.expand(K, R, *v.shape[2:]).float().clone() for k, v in root_alphas.items()
                 if v.dim() >= 2 and v.shape[1] == R and v.shape[0] in (1, K)}
-    domains: DomainQueue[ReluDomains] = DomainQueue(ReluDomains.from_fields)
+    # without per-sub-problem refinement every sub-problem's intervals are its case's root
+    # intervals clamped by its splits, which each round re-applies: stored once per case, not
+    # per sub-problem (most of a sub-problem's memory on conv nets)
+    shared = {} if options.refine_intermediate else inter
+    domains: DomainQueue[ReluDomains] = new_queue(ReluDomains.from_fields, device, options)
     domains.push(ReluDomains(torch.arange(K, device=device), torch.full((K,), -torch.inf, device=device),
-                             torch.zeros(K, dtype=torch.long, device=device), splits, inter, None, warm))
+                             torch.zeros(K, dtype=torch.long, device=device), splits,
+                             {} if shared else inter, None, warm))
     outcome = BaBOutcome("unsat")
     offsets, total = {}, 0
     for _, pre in layers:
@@ -300,10 +307,13 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     use_fsb = options.branching == "fsb"
     bound_seconds = 0.0
     while len(domains):
-        if stop_reason(outcome, deadline, len(domains), options, last_round):
+        if stop_reason(outcome, deadline, domains, options, last_round):
             break
         round_start = time.perf_counter()
         batch = domains.pop_worst(batch_size)
+        if shared:
+            batch = dataclasses.replace(batch, inter={k: Interval(v.lower[batch.case], v.upper[batch.case])
+                                                      for k, v in shared.items()})
         try:
             bounded = _bound_round(graph, problem, batch, relaxed, order, options, beta_options, deadline)
             bound_seconds = time.perf_counter() - round_start
@@ -376,7 +386,8 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         children = []
         for sign in (1, -1):
             new_splits, newest = _with_split(kept.splits, best, sign, layers, offsets, order)
-            children.append(ReluDomains(kept.case, kept.score, kept.depth + 1, new_splits, kept.inter, newest,
+            children.append(ReluDomains(kept.case, kept.score, kept.depth + 1, new_splits,
+                                        {} if shared else kept.inter, newest,
                                         kept.params))
         for child in children:
             domains.push(child)

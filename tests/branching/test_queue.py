@@ -62,3 +62,23 @@ def test_fields_missing_on_one_side_are_dropped_or_zero_filled() -> None:
     # once empty, the queue takes the next batch's fields as they are
     queue.push(Rows(one, torch.tensor([4, 5]), {"alpha": one.clone()}))
     assert set(queue.pop_worst(1).extra) == {"alpha"}
+
+
+def test_a_queue_at_its_memory_budget_says_full_and_the_search_stops_with_unknown() -> None:
+    from branching.bab import BaBOptions, BaBOutcome, stop_reason
+
+    queue: DomainQueue[Rows] = DomainQueue(Rows.build, max_bytes=100 * 16)   # ~100 rows of 16 bytes
+    for start in range(0, 90, 10):
+        queue.push(Rows(torch.zeros(10, dtype=torch.float64), torch.arange(start, start + 10), {}))
+    assert not queue.full
+    outcome = BaBOutcome("unsat")
+
+    class Never:
+        def expired(self) -> bool:
+            return False
+
+    assert not stop_reason(outcome, Never(), queue, BaBOptions())
+    queue.push(Rows(torch.zeros(20, dtype=torch.float64), torch.arange(90, 110), {}))
+    assert queue.full and len(queue) == 110          # nothing is lost: the push still lands
+    assert stop_reason(outcome, Never(), queue, BaBOptions())
+    assert outcome.status == "unknown" and "memory" in outcome.notes[-1]
