@@ -30,15 +30,6 @@ class DomainBatch:
         idx = torch.arange(len(self), device=self.case.device).repeat(times)
         return self.take(idx)
 
-    @staticmethod
-    def cat(parts: list["DomainBatch"]) -> "DomainBatch":
-        parts = [p for p in parts if len(p)] or parts[:1]
-        keys = set.intersection(*(set(p.inter) for p in parts)) if parts else set()
-        inter = {k: Interval(torch.cat([p.inter[k].lower for p in parts]), torch.cat([p.inter[k].upper for p in parts]))
-                 for k in keys}
-        return DomainBatch(*(torch.cat([getattr(p, f) for p in parts]) for f in
-                             ("lower", "upper", "case", "score", "depth")), inter)
-
     def fields(self) -> dict[str, torch.Tensor]:
         """Every per-domain tensor by name, for a DomainQueue."""
         out = {"lower": self.lower, "upper": self.upper, "case": self.case, "score": self.score, "depth": self.depth}
