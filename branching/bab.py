@@ -84,22 +84,22 @@ def stop_reason(outcome: BaBOutcome, deadline, waiting: DomainQueue, options: Ba
     if deadline.expired() or (hasattr(deadline, "remaining") and last_round > deadline.remaining()):
         outcome.status = "timeout"
         return True
-    if len(waiting) > options.max_domains or waiting.full:
+    if len(waiting) > options.max_domains:
         outcome.status = "unknown"
-        why = (f"more than {options.max_domains}" if len(waiting) > options.max_domains else
-               f"{len(waiting)} open sub-problems fill the memory set aside for them "
-               f"({options.queue_memory_share:.0%} of what was free); so many")
-        outcome.notes.append(f"{why} open sub-problems")
+        outcome.notes.append(f"more than {options.max_domains} open sub-problems")
+        return True
+    if waiting.full:
+        outcome.status = "unknown"
+        outcome.notes.append(f"{len(waiting)} open sub-problems fill the memory set aside for them "
+                             f"({options.queue_memory_share:.0%} of what was free when the search began)")
         return True
     return False
 
 
-def new_queue(build, device: torch.device, options: BaBOptions, zero_fill=None) -> DomainQueue:
+def new_queue(build, device: torch.device, options: BaBOptions,
+              zero_fill: Callable[[str], bool] = lambda name: False) -> DomainQueue:
     """A queue for waiting sub-problems, capped at options.queue_memory_share of the free memory."""
-    budget = int(options.queue_memory_share * available_memory(device))
-    if zero_fill is None:
-        return DomainQueue(build, max_bytes=budget)
-    return DomainQueue(build, zero_fill=zero_fill, max_bytes=budget)
+    return DomainQueue(build, zero_fill, max_bytes=int(options.queue_memory_share * available_memory(device)))
 
 
 def available_memory(device: torch.device) -> int:

@@ -426,9 +426,7 @@ def general_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaB
     if split.problem.n_cases == 0:
         return BaBOutcome("unsat", elapsed=time.perf_counter() - start)
     problem, case_of = split.problem, split.case_of
-    root_bounds = split.intervals(root_bounds)
-    root_alphas = split.per_row(root_alphas)
-    falsify = split.falsifier(falsify)
+    root_bounds, root_alphas, falsify = split.carry(root_bounds, root_alphas, falsify)
 
     device = problem.lower.device
     order = {n.name: i for i, n in enumerate(graph.nodes)}

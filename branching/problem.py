@@ -189,6 +189,12 @@ class PolytopeSplit:
         sub = SpecTensors(problem.lower[case_of], problem.upper[case_of], C, d, group, onehot, real)
         return PolytopeSplit(sub, case_of, index, K, problem.C.shape[1])
 
+    def carry(self, bounds: dict[str, Interval] | None, per_row: dict[str, torch.Tensor] | None,
+              falsify: Callable | None) -> tuple[dict[str, Interval] | None, dict[str, torch.Tensor], Callable | None]:
+        """A search's root inputs moved onto the split problem: intervals (see `intervals`),
+        per-row warm starts (see `per_row`) and the attack callback (see `falsifier`)."""
+        return self.intervals(bounds), self.per_row(per_row), self.falsifier(falsify)
+
     def intervals(self, bounds: dict[str, Interval] | None) -> dict[str, Interval] | None:
         """Intervals valid on each original case's box (batch 1 or K) -> batch K'."""
         K = self.original_cases

@@ -266,9 +266,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     if split.problem.n_cases == 0:
         return BaBOutcome("unsat", elapsed=time.perf_counter() - start)
     problem, case_of = split.problem, split.case_of
-    root_bounds = split.intervals(root_bounds)
-    root_alphas = split.per_row(root_alphas)
-    falsify = split.falsifier(falsify)
+    root_bounds, root_alphas, falsify = split.carry(root_bounds, root_alphas, falsify)
     order = {n.name: i for i, n in enumerate(graph.nodes)}
     relaxed = pre_activation_nodes(graph)
     sizes = {pre: graph[pre].shape for _, pre in layers}
