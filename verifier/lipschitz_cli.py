@@ -1,4 +1,5 @@
-"""`verify lipschitz net.onnx [--norm 2|inf] [--pair i,j] [--method neuron|layer|naive] [--timeout S] [--json]`"""
+"""`verify lipschitz net.onnx [--norm 2|inf] [--pair i,j | --output k | --per-output] [--method neuron|layer|naive]
+[--timeout S] [--json]`"""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="the network: .onnx (Gemm/MatMul/Conv, ReLU-like, sigmoid, tanh, "
                                  "MaxMin as Max/Min pairs) or a .mat file of MaxMin weights")
     p.add_argument("--norm", choices=("2", "inf"), default="2", help="l2 (default) or l-infinity")
-    p.add_argument("--pair", metavar="I,J", help="bound the margin y_I - y_J instead of the whole output")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--pair", metavar="I,J", help="bound the margin y_I - y_J instead of the whole output")
+    which.add_argument("--output", metavar="K", type=int, help="bound the single output y_K")
+    which.add_argument("--per-output", action="store_true",
+                       help="with --norm inf: one SDP per output, report the largest (the l-inf -> l-inf "
+                            "constant; tighter than the default l-inf -> l2 bound, one SDP per output)")
     p.add_argument("--method", choices=("neuron", "layer", "naive"), default="neuron",
                    help="LipSDP multipliers per neuron (default), per layer, or the product of norms")
     p.add_argument("--timeout", type=float, metavar="S", help="time limit in seconds (the bound stays certified)")
@@ -57,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     from verifier.lipschitz import lipschitz_bounds
 
     try:
-        res = lipschitz_bounds(args.model, args.norm, pair, args.method, args.timeout, lower=not args.no_lower)
+        res = lipschitz_bounds(args.model, args.norm, pair, args.method, args.timeout, lower=not args.no_lower,
+                               output=args.output, per_output=args.per_output)
     except (VerifierError, ChainError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_MODEL

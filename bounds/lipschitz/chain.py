@@ -182,6 +182,15 @@ def margin_vector(n_outputs: int, pair: tuple[int, int]) -> torch.Tensor:
     return c
 
 
+def output_vector(n_outputs: int, k: int) -> torch.Tensor:
+    """c with c @ y = y_k."""
+    if not 0 <= k < n_outputs:
+        raise ValueError(f"output {k} must be in 0..{n_outputs - 1}")
+    c = torch.zeros(1, n_outputs, dtype=DTYPE)
+    c[0, k] = 1.0
+    return c
+
+
 def elementwise(kind: str, n: int, lower: float = 0.0, upper: float = 1.0, param=None) -> Activation:
     """A layer of n neurons with one elementwise activation."""
     return Activation(n, (Piece(kind, torch.arange(n), lower, upper, param),))

@@ -47,12 +47,33 @@ def test_pair_norm_and_methods(capsys, net: Path) -> None:
     assert values["neuron"]["upper"] <= values["layer"]["upper"] * (1 + 1e-6) <= values["naive"]["upper"] * (1 + 1e-6)
 
 
+def test_single_output_and_per_output_maximum(capsys, net: Path) -> None:
+    each = []
+    for k in range(4):
+        code, out, _ = _run(capsys, str(net), "--json", "-q", "--norm", "inf", "--output", str(k))
+        assert code == 0
+        res = json.loads(out)
+        assert res["output"] == k and 0 < res["lower"] <= res["upper"] * (1 + 1e-6)
+        each.append(res["upper"])
+    code, out, _ = _run(capsys, str(net), "--json", "-q", "--norm", "inf", "--per-output")
+    assert code == 0
+    res = json.loads(out)
+    assert res["upper"] == pytest.approx(max(each), rel=1e-5)
+    assert [e["output"] for e in res["details"]["per_output"]] == [0, 1, 2, 3]
+    # the l-inf -> l-inf bound is never looser than the l-inf -> l2 one the whole-output SDP gives
+    whole = json.loads(_run(capsys, str(net), "--json", "-q", "--norm", "inf", "--no-lower")[1])
+    assert res["upper"] <= whole["upper"] * (1 + 1e-6)
+    assert res["lower"] <= res["upper"] * (1 + 1e-6)
+
+
 def test_human_summary(capsys, net: Path) -> None:
     code, out, _ = _run(capsys, str(net), "-q", "--no-lower")
     assert code == 0 and out.startswith("Lipschitz constant (l2, output) in [0, ")
 
 
-@pytest.mark.parametrize("args,code", [(["--pair", "1"], 2), (["--pair", "0,9"], 2), (["--norm", "3"], 2)])
+@pytest.mark.parametrize("args,code", [(["--pair", "1"], 2), (["--pair", "0,9"], 2), (["--norm", "3"], 2),
+                                       (["--output", "4"], 2), (["--per-output"], 2),
+                                       (["--output", "1", "--pair", "0,1"], 2)])
 def test_usage_errors(capsys, net: Path, args: list[str], code: int) -> None:
     assert _run(capsys, str(net), "-q", *args)[0] == code
 
