@@ -30,6 +30,10 @@ def propagate(graph: Graph, box: Interval, bounds: dict[str, Interval] | None = 
     `refine(node, ibp_interval, bounds)` may tighten a node's interval (CROWN uses it).
     """
     bounds = {} if bounds is None else bounds
+    if tuple(box.lower.shape[1:]) != tuple(graph.input.shape) or box.lower.shape != box.upper.shape:
+        # a box without its batch dimension would broadcast silently into wrong bounds
+        raise ValueError(f"the input box must have shape (batch, *{tuple(graph.input.shape)}), "
+                         f"got {tuple(box.lower.shape)} / {tuple(box.upper.shape)}")
     for node in graph.nodes:
         if node.op == CONSTANT:
             continue

@@ -22,8 +22,11 @@ from bounds.types import Interval
 from specs import Spec, SpecCase
 
 
-#: a MILP/LP refutes a polytope only when its proven lower bound on t* exceeds this, which
-#: covers HiGHS's feasibility tolerances (1e-9) with room to spare
+#: a MILP/LP refutes a polytope only when its proven lower bound on t* exceeds this. HiGHS's
+#: default feasibility tolerances (1e-7 / 1e-6) can only enlarge the feasible set, which lowers
+#: the bound (the safe side); tighter tolerances (1e-9) made its MIP presolve return a wrong
+#: "optimal" value above the true one (found by tests/branching/test_milp_refine.py), so the
+#: defaults are kept and a refutation is confirmed with presolve off (see refutes)
 MILP_SLACK = 1e-6
 
 
@@ -56,18 +59,30 @@ def _linear_map(node, xs_shapes, consts, var_positions):
     return jacs, offset
 
 
-def build_and_solve(graph: Graph, case: SpecCase, polytope_index: int, time_limit: float = 60.0,
-                    bounds: dict[str, Interval] | None = None,
-                    fixed: dict[str, torch.Tensor] | None = None) -> PolytopeOptimum:
-    """Minimise t over the box (and the sign decisions in `fixed`: pre-activation name ->
-    (numel,) in {-1, 0, 1}) subject to C_i·y - d_i <= t for the polytope's rows."""
-    g64 = graph
-    box_l = torch.tensor(case.lower, dtype=torch.float64).reshape(1, *graph.input.shape)
-    box_u = torch.tensor(case.upper, dtype=torch.float64).reshape(1, *graph.input.shape)
-    if bounds is None:
-        from bounds.graph.ir import graph_to
-        g64 = graph_to(graph, dtype=torch.float64)
-        bounds = intermediate_bounds(g64, Interval(box_l, box_u), "crown")
+@dataclass
+class Encoding:
+    """The MILP of a network prefix: variable bounds, which variables are binary, constraint
+    rows (coefficients, lower, upper), and every encoded value as an affine expression
+    (M, c) over the variables (the first n_in are the inputs)."""
+    lbs: list[float]
+    ubs: list[float]
+    integer: list[int]
+    rows: list[tuple[dict[int, float], float, float]]
+    exprs: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    n_in: int
+
+    def affine(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, c) of a value, padded to the current number of variables."""
+        M, c = self.exprs[name]
+        pad = len(self.lbs) - M.shape[1]
+        return (torch.cat([M, torch.zeros(M.shape[0], pad, dtype=torch.float64)], 1) if pad else M), c
+
+
+def encode(g64: Graph, box_l: torch.Tensor, box_u: torch.Tensor, bounds: dict[str, Interval],
+           fixed: dict[str, torch.Tensor] | None = None, until: str | None = None) -> Encoding:
+    """Encode the float64 graph over the box, unstable ReLUs by big-M from `bounds` (batch 1),
+    sign decisions in `fixed` (pre-activation name -> (numel,) in {-1, 0, 1}) as constraints;
+    stop after the node `until` when given."""
     n_in = box_l.numel()
     lbs, ubs = list(box_l.reshape(-1).tolist()), list(box_u.reshape(-1).tolist())
     integer: list[int] = []
@@ -151,7 +166,26 @@ def build_and_solve(graph: Graph, case: SpecCase, polytope_index: int, time_limi
             M += J @ Mi
             c += J @ ci
         exprs[node.name] = (M, c)
-    M, c = exprs[g64.outputs[0]]
+        if node.name == until:
+            break
+    return Encoding(lbs, ubs, integer, rows, exprs, n_in)
+
+
+def build_and_solve(graph: Graph, case: SpecCase, polytope_index: int, time_limit: float = 60.0,
+                    bounds: dict[str, Interval] | None = None,
+                    fixed: dict[str, torch.Tensor] | None = None) -> PolytopeOptimum:
+    """Minimise t over the box (and the sign decisions in `fixed`: pre-activation name ->
+    (numel,) in {-1, 0, 1}) subject to C_i·y - d_i <= t for the polytope's rows."""
+    g64 = graph
+    box_l = torch.tensor(case.lower, dtype=torch.float64).reshape(1, *graph.input.shape)
+    box_u = torch.tensor(case.upper, dtype=torch.float64).reshape(1, *graph.input.shape)
+    if bounds is None:
+        from bounds.graph.ir import graph_to
+        g64 = graph_to(graph, dtype=torch.float64)
+        bounds = intermediate_bounds(g64, Interval(box_l, box_u), "crown")
+    enc = encode(g64, box_l, box_u, bounds, fixed)
+    lbs, ubs, integer, rows, n_in = enc.lbs, enc.ubs, enc.integer, enc.rows, enc.n_in
+    M, c = enc.exprs[g64.outputs[0]]
     poly = case.polytopes[polytope_index]
     C = torch.tensor(poly.C, dtype=torch.float64)
     d = torch.tensor(poly.d, dtype=torch.float64)
@@ -167,13 +201,14 @@ def build_and_solve(graph: Graph, case: SpecCase, polytope_index: int, time_limi
     return _solve(lbs, ubs, integer, rows, t, n_in, case, polytope_index, time_limit)
 
 
-def _solve(lbs, ubs, integer, rows, t, n_in, case, polytope_index, time_limit) -> PolytopeOptimum:
+def new_model(lbs, ubs, integer, rows, time_limit: float, presolve: bool = True) -> highspy.Highs:
+    """A silent HiGHS model (default feasibility tolerances) with no objective yet."""
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", float(time_limit))
-    h.setOptionValue("mip_feasibility_tolerance", 1e-9)
-    h.setOptionValue("primal_feasibility_tolerance", 1e-9)
     h.setOptionValue("mip_rel_gap", 1e-6)
+    if not presolve:
+        h.setOptionValue("presolve", "off")
     n = len(lbs)
     inf = highspy.kHighsInf
     h.addVars(n, np.array([max(v, -inf) for v in lbs]), np.array([min(v, inf) for v in ubs]))
@@ -183,6 +218,24 @@ def _solve(lbs, ubs, integer, rows, t, n_in, case, polytope_index, time_limit) -
     for coeffs, lo, up in rows:
         idx = np.array(list(coeffs), dtype=np.int32)
         h.addRow(max(lo, -inf), min(up, inf), len(idx), idx, np.array([coeffs[i] for i in coeffs]))
+    return h
+
+
+def _solve(lbs, ubs, integer, rows, t, n_in, case, polytope_index, time_limit) -> PolytopeOptimum:
+    res = _solve_once(lbs, ubs, integer, rows, t, n_in, polytope_index, time_limit, presolve=True)
+    if res.lower is not None and res.lower > MILP_SLACK:
+        # a refutation must survive a second solve without presolve (HiGHS's MIP presolve has
+        # known wrong-optimum / wrong-infeasible reductions); the weaker proof is kept
+        again = _solve_once(lbs, ubs, integer, rows, t, n_in, polytope_index, time_limit, presolve=False)
+        if again.lower is None or again.lower < res.lower:
+            return PolytopeOptimum(-1, polytope_index, res.value, res.x, f"{res.status}; {again.status} without presolve",
+                                   again.lower)
+    return res
+
+
+def _solve_once(lbs, ubs, integer, rows, t, n_in, polytope_index, time_limit, presolve: bool) -> PolytopeOptimum:
+    h = new_model(lbs, ubs, integer, rows, time_limit, presolve)
+    n = len(lbs)
     h.changeColCost(t, 1.0)
     h.run()
     status = h.getModelStatus()

@@ -26,6 +26,7 @@ from bounds.crown import spec_lower_bounds
 from bounds.graph.interpret import run as run_graph
 from branching.bab import BaBOutcome, input_split_bab, is_out_of_memory
 from branching.milp import exact_search, milp_encodable, unstable_relus
+from branching.milp_refine import RefineOptions, refine_intervals
 from branching.general_split import general_split_bab
 from branching.relu_split import relu_split_bab
 from bounds.alpha import optimise_all
@@ -513,6 +514,41 @@ class _Run:
             raise _Timeout("the exact MILP")
         return None
 
+    def refine_root(self, graph: Graph, problem: SpecTensors, lower: torch.Tensor, root: dict[str, Interval],
+                    root_alphas: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Interval], dict]:
+        """Tighten the root intervals by MILP (one box, ReLU nets), then alpha-CROWN again over
+        them; the old results when this does not apply."""
+        if problem.n_cases != 1 or not milp_encodable(graph):
+            return lower, root, root_alphas
+        t = time.monotonic()
+        g64 = graph_to(graph, "cpu", torch.float64)
+        box = Interval(problem.lower.cpu().double(), problem.upper.cpu().double())
+        options = self.options.bab
+
+        C64 = problem.C.cpu().double()
+
+        def retighten(bounds: dict[str, Interval]) -> dict[str, Interval]:
+            # the next layer's MILPs only need its still-unstable neurons
+            return optimise_all(g64, box, C64, self.options.alpha, self.deadline, initial=(bounds, 0.0))[1]
+
+        refined, report = refine_intervals(
+            g64, box, {k: Interval(v.lower.cpu().double(), v.upper.cpu().double()) for k, v in root.items()},
+            self.deadline.within(options.milp_refine_share * self.deadline.remaining()),
+            RefineOptions(per_solve=options.milp_refine_per_solve), retighten)
+        back = {k: Interval(v.lower.to(self.device, self.bound_dtype), v.upper.to(self.device, self.bound_dtype))
+                for k, v in refined.items()}
+        alphas: dict[str, torch.Tensor] = {}
+        new_lower, new_root = optimise_all(graph, Interval(problem.lower, problem.upper), problem.C,
+                                           self.options.alpha, self.deadline.within(0.25 * self.deadline.remaining()),
+                                           final_alphas=alphas, initial=(back, 0.0))
+        self.timed("milp-refine", t)
+        self.details["milp_refine"] = {"solves": report.solves, "tightened": report.tightened,
+                                       "stabilised": report.stabilised, "layers": report.layers,
+                                       "seconds": round(report.seconds, 3), "lower_before": float(lower.min()),
+                                       "lower_after": float(torch.maximum(lower, new_lower).min())}
+        # both runs are valid: keep the better bound per row (the new slopes go with the new run)
+        return torch.maximum(lower, new_lower), new_root, alphas
+
     def branch_and_bound(self) -> Result | None:
         """Input-splitting BaB over every case; a verdict, or None (then `unknown`)."""
         graph = self.bound_graph
@@ -542,6 +578,12 @@ class _Run:
                 margin = float(problem.margins(torch.arange(problem.n_cases, device=problem.lower.device), lower).min())
                 return self.result(Outcome.UNSAT, "alpha-crown", "alpha-CROWN (intermediate layers optimised) "
                                    f"refutes every output polytope; smallest margin {margin:.4g}", best_bound=margin)
+            if self.relu_split_applies() and self.options.bab.milp_refine_share > 0:
+                lower, root, root_alphas = self.refine_root(graph, problem, lower, root, root_alphas)
+                refuted = problem.refuted(torch.arange(problem.n_cases, device=problem.lower.device), lower)
+                if bool(refuted.all()):
+                    return self.result(Outcome.UNSAT, "milp-refine", "alpha-CROWN over MILP-tightened "
+                                       "intermediate intervals refutes every output polytope", best_bound=0.0)
             # the search only carries the polytopes alpha-CROWN left open (fewer rows to bound)
             problem, rows = problem.open_part(refuted)
             root_alphas = {k: SpecTensors.take_rows(v, rows) for k, v in root_alphas.items()
