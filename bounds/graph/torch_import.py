@@ -1327,6 +1327,10 @@ _FUNCTIONS: dict[Any, Callable] = {
     torch.erf: _f_unary("Erf"), torch.reciprocal: _f_unary("Reciprocal"),
     # h1: unary ops of bounds.ops.s_shaped / silu / piecewise
     torch.atan: _f_unary("Atan"), torch.arctan: _f_unary("Atan"), torch.sign: _f_unary("Sign"),
+    torch.tan: _f_unary("Tan"), torch.asin: _f_unary("Asin"), torch.arcsin: _f_unary("Asin"),
+    torch.acos: _f_unary("Acos"), torch.arccos: _f_unary("Acos"), torch.sinh: _f_unary("Sinh"),
+    torch.cosh: _f_unary("Cosh"), torch.asinh: _f_unary("Asinh"), torch.arcsinh: _f_unary("Asinh"),
+    F.softsign: _f_unary("Softsign"),
     F.silu: _f_unary("nnverify.SiLU"), F.hardsigmoid: lambda imp, input, inplace=False: imp.unary(
         "HardSigmoid", input, alpha=1 / 6, beta=0.5), F.hardswish: _f_unary("HardSwish"),
     operator.pow: _f_pow, torch.pow: _f_pow,

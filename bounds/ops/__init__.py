@@ -1,8 +1,8 @@
 """The operator registry: ONNX op type -> stateless rule. One explicit literal, on purpose."""
 from __future__ import annotations
 
-from bounds.ops import (bilinear, conv, convex, elu, gelu, linear, minmax, norm, periodic, piecewise, relu, s_shaped,
-                       shape, silu, softmax)
+from bounds.ops import (bilinear, conv, convex, elu, gelu, inverse_s, linear, minmax, norm, periodic, piecewise,
+                       relu, s_shaped, shape, silu, softmax)
 from bounds.ops.base import OpRule
 
 RULES: dict[str, OpRule] = {
@@ -51,6 +51,13 @@ RULES: dict[str, OpRule] = {
     # unary nonlinearities (h1: convex.py, periodic.py, s_shaped.py; bounds.ops.curves relaxes them)
     "Erf": s_shaped.Erf(),
     "Atan": s_shaped.Atan(),
+    "Softsign": s_shaped.Softsign(),
+    "Asinh": s_shaped.Asinh(),
+    "Sinh": inverse_s.Sinh(),
+    "Tan": inverse_s.Tan(),
+    "Asin": inverse_s.Asin(),
+    "Acos": inverse_s.Acos(),
+    "Cosh": convex.Cosh(),
     "Exp": convex.Exp(),
     "Log": convex.Log(),
     "Sqrt": convex.Sqrt(),

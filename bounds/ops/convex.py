@@ -1,4 +1,4 @@
-"""Functions that are convex or concave on each side of 0: Exp, Log, Sqrt, Reciprocal, Pow, Abs.
+"""Functions that are convex or concave on each side of 0: Exp, Log, Sqrt, Reciprocal, Pow, Abs, Cosh.
 
 All relaxed by bounds.ops.curves.SlopeRule (chord on one side, optimisable tangent on the
 other); each family only says where f' = s. Domains: Log, Sqrt and fractional powers are
@@ -115,6 +115,25 @@ class Reciprocal(SlopeRule):
             bad = bad.unsqueeze(1)
         return Relaxation(*(torch.where(bad, a, b) for a, b in zip(
             (inf.lw, inf.lb, inf.uw, inf.ub), (r.lw, r.lb, r.uw, r.ub))))
+
+    def slope_bounds(self, node):
+        return None
+
+
+class Cosh(SlopeRule):
+    """Convex, smallest (1) at 0."""
+
+    def f(self, node, x):
+        return torch.cosh(x)
+
+    def df(self, node, x):
+        return torch.sinh(x)
+
+    def solve(self, node, s, a, b):
+        return torch.asinh(s), torch.zeros_like(s)
+
+    def range_clip(self, node, lo, hi):
+        return lo.clamp(min=1.0), hi
 
     def slope_bounds(self, node):
         return None

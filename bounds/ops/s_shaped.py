@@ -1,4 +1,4 @@
-"""S-shaped activations (sigmoid, tanh, erf, atan): convex left of 0, concave right of 0."""
+"""S-shaped activations (sigmoid, tanh, erf, atan, softsign, asinh): convex left of 0, concave right of 0."""
 from __future__ import annotations
 
 import math
@@ -162,3 +162,21 @@ class Atan(SShaped):
 
     def df(self, x):
         return 1 / (1 + x * x)
+
+
+class Softsign(SShaped):
+    """x / (1 + |x|)."""
+
+    def f(self, x):
+        return x / (1 + x.abs())
+
+    def df(self, x):
+        return 1 / (1 + x.abs()) ** 2
+
+
+class Asinh(SShaped):
+    def f(self, x):
+        return torch.asinh(x)
+
+    def df(self, x):
+        return torch.rsqrt(1 + x * x)

@@ -36,7 +36,10 @@ def _iv(lo, up, dtype=torch.float64) -> Interval:
 
 @pytest.mark.parametrize("op,low,scale", [("Exp", -5.0, 10.0), ("Log", 0.01, 5.0), ("Sqrt", 0.0, 9.0),
                                           ("Reciprocal", 0.1, 3.0), ("Abs", -3.0, 6.0), ("Sin", -20.0, 40.0),
-                                          ("Cos", -20.0, 40.0), ("Erf", -3.0, 6.0), ("Atan", -9.0, 18.0)])
+                                          ("Cos", -20.0, 40.0), ("Erf", -3.0, 6.0), ("Atan", -9.0, 18.0),
+                                          ("Softsign", -9.0, 18.0), ("Asinh", -9.0, 18.0), ("Sinh", -5.0, 10.0),
+                                          ("Cosh", -5.0, 10.0), ("Tan", -1.5, 3.0), ("Asin", -1.0, 2.0),
+                                          ("Acos", -1.0, 2.0)])
 def test_interpreter_matches_onnxruntime(op: str, low: float, scale: float) -> None:
     fx.compare(fx.single(op, [2, 5]), batch=6, low=low, scale=scale)
 
@@ -173,6 +176,10 @@ def _unary_net(seed: int, ops: list[tuple[str, dict]], width: int = 5) -> object
         fractional = op == "nnverify.Pow" and attrs["exponent"] != int(attrs["exponent"])
         if op in ("Log", "Sqrt", "Reciprocal") or fractional:
             h = b.op("Add", b.op("Exp", h), b.const(torch.full((width,), 0.2)))   # positive
+        if op in ("Asin", "Acos"):
+            h = b.op("Tanh", h)                                                   # in (-1, 1)
+        if op == "Tan":
+            h = b.op("Mul", b.op("Tanh", h), b.const(torch.full((width,), 1.4)))  # principal branch
         h = b.op(op, h, **attrs)
     h = b.op("MatMul", h, b.const(b.randn(width, 3, scale=width ** -0.5)))
     return b.graph(h)
@@ -180,7 +187,9 @@ def _unary_net(seed: int, ops: list[tuple[str, dict]], width: int = 5) -> object
 
 NETS = [[("Sin", {}), ("Cos", {})], [("nnverify.Pow", {"exponent": 2.0}), ("Sin", {})],
         [("Exp", {}), ("Log", {})], [("Sqrt", {}), ("Abs", {})], [("Reciprocal", {}), ("Atan", {})],
-        [("nnverify.Pow", {"exponent": 3.0}), ("Erf", {})], [("nnverify.Pow", {"exponent": 0.5}), ("Cos", {})]]
+        [("nnverify.Pow", {"exponent": 3.0}), ("Erf", {})], [("nnverify.Pow", {"exponent": 0.5}), ("Cos", {})],
+        [("Softsign", {}), ("Sinh", {})], [("Asinh", {}), ("Cosh", {})], [("Asin", {}), ("Tan", {})],
+        [("Acos", {}), ("Softsign", {})]]
 
 
 @pytest.mark.parametrize("net", range(len(NETS)))
@@ -193,7 +202,7 @@ def test_crown_contains_sampled_outputs(net: int, kind: str) -> None:
     check_sound(graph, box, seed=net, n=200)
 
 
-@pytest.mark.parametrize("net", [0, 1, 5])
+@pytest.mark.parametrize("net", [0, 1, 5, 7, 8, 9, 10])
 def test_alpha_crown_sound_and_at_least_crown(net: int) -> None:
     from bounds.alpha import AlphaOptions, alpha_spec_lower_bounds
     from bounds.crown import spec_lower_bounds

@@ -352,6 +352,10 @@ def _h4_cases():
         ("conv_transpose1d_grouped", nn.Sequential(nn.ConvTranspose1d(4, 4, 3, stride=3, groups=2, bias=False),
                                                    nn.Tanh()), (1, 4, 5)),
         ("functional", _FunctionalH4(), (1, 2, 4, 4)),
+        ("softsign", mlp(nn.Softsign()), (1, 5)),
+        ("trig_hyperbolic", _Functional(lambda x: torch.asinh(torch.sinh(x)) + torch.cosh(0.5 * x) + F.softsign(x)
+                                        + torch.tan(torch.tanh(x)) + torch.asin(torch.tanh(x))
+                                        + torch.acos(0.9 * torch.tanh(x))), (1, 5)),
     ]
 
 
@@ -389,6 +393,8 @@ def test_new_modules_map_to_their_onnx_ops() -> None:
     assert "Elu" in ops["elu"] and "Selu" in ops["selu"] and "Celu" in ops["celu"] and "Mish" in ops["mish"]
     assert "LayerNormalization" in ops["layernorm"] and "ConvTranspose" in ops["conv_transpose2d"]
     assert {"ConvTranspose", "LayerNormalization", "Selu", "Celu", "Mish"} <= ops["functional"]
+    assert "Softsign" in ops["softsign"]
+    assert {"Sinh", "Asinh", "Cosh", "Softsign", "Tan", "Asin", "Acos"} <= ops["trig_hyperbolic"]
 
 
 def test_mish_round_trips_through_opset_17_export() -> None:

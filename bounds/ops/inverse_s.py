@@ -1,0 +1,115 @@
+"""Functions concave left of 0 and convex right of it: Sinh, Tan, Asin (increasing) and Acos
+(decreasing: pi/2 - asin).
+
+Relaxed by bounds.ops.curves.SlopeRule with the inflection point 0: for a slope s the extremes of
+f(x) - s*x lie at the ends of the interval or where f' = s, one point on each side of 0, found
+in closed form. Domains: Asin and Acos are defined on [-1, 1] (inputs outside give NaN, no
+values, so the bounds hold on the part of an interval inside it, like Log). Tan is bounded only
+on its principal branch (-pi/2, pi/2): an interval that reaches a pole, or lies on another
+branch, gets infinite bounds (sound; such inputs are rare in practice).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from bounds.ops.convex import _infinite_relaxation
+from bounds.ops.curves import SlopeRule
+from bounds.types import Interval, Relaxation
+
+
+def _one_per_side(root: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The root on the side of 0 where the piece [a, b] lies (f' is even for these functions)."""
+    return torch.where(a + b >= 0, root, -root)
+
+
+class Sinh(SlopeRule):
+    inflections = (0.0,)
+    monotone = 1
+
+    def f(self, node, x):
+        return torch.sinh(x)
+
+    def df(self, node, x):
+        return torch.cosh(x)
+
+    def solve(self, node, s, a, b):
+        return _one_per_side(torch.acosh(s.clamp(min=1.0)), a, b), torch.zeros_like(s)
+
+    def slope_bounds(self, node):
+        return None
+
+
+class Asin(SlopeRule):
+    inflections = (0.0,)
+    domain = (-1.0, 1.0)
+    monotone = 1
+
+    def f(self, node, x):
+        return torch.asin(x)
+
+    def df(self, node, x):
+        return torch.rsqrt(1 - x * x)
+
+    def solve(self, node, s, a, b):
+        # 1 / sqrt(1 - x^2) = s  <=>  x = +-sqrt(1 - 1/s^2)
+        root = torch.sqrt((1 - 1 / (s * s).clamp(min=1.0)).clamp(min=0.0))
+        return _one_per_side(root, a, b), torch.zeros_like(s)
+
+    def slope_bounds(self, node):
+        return None
+
+
+class Acos(Asin):
+    """pi/2 - asin(x): convex left of 0, concave right of it, decreasing."""
+
+    monotone = -1
+
+    def f(self, node, x):
+        return torch.acos(x)
+
+    def df(self, node, x):
+        return -torch.rsqrt(1 - x * x)
+
+    def solve(self, node, s, a, b):
+        return super().solve(node, -s, a, b)
+
+
+class Tan(SlopeRule):
+    inflections = (0.0,)
+    monotone = 1
+    #: intervals reaching this close to a pole count as reaching it (tan is ~1e9 there)
+    _POLE = math.pi / 2 - 1e-9
+
+    def f(self, node, x):
+        return torch.tan(x)
+
+    def df(self, node, x):
+        return 1 + torch.tan(x) ** 2
+
+    def solve(self, node, s, a, b):
+        return _one_per_side(torch.atan(torch.sqrt((s - 1).clamp(min=0.0))), a, b), torch.zeros_like(s)
+
+    def _off_branch(self, x: Interval) -> torch.Tensor:
+        return (x.lower <= -self._POLE) | (x.upper >= self._POLE)
+
+    def ibp(self, node, xs):
+        bad = self._off_branch(xs[0])
+        r = super().ibp(node, [Interval(torch.where(bad, 0.0, xs[0].lower), torch.where(bad, 0.0, xs[0].upper))])
+        return Interval(torch.where(bad, -math.inf, r.lower), torch.where(bad, math.inf, r.upper))
+
+    def relax(self, node, x, alpha=None):
+        bad = self._off_branch(x)
+        if not bool(bad.any()):
+            return super().relax(node, x, alpha)
+        safe = Interval(torch.where(bad, 0.0, x.lower), torch.where(bad, 0.5, x.upper))
+        r = super().relax(node, safe, alpha)
+        inf = _infinite_relaxation(r.lw)
+        if alpha is not None:
+            bad = bad.unsqueeze(1)
+        return Relaxation(*(torch.where(bad, a, b) for a, b in zip(
+            (inf.lw, inf.lb, inf.uw, inf.ub), (r.lw, r.lb, r.uw, r.ub))))
+
+    def slope_bounds(self, node):
+        return None
