@@ -25,8 +25,8 @@ from specs import Spec, SpecCase
 #: a MILP/LP refutes a polytope only when its proven lower bound on t* exceeds this. HiGHS's
 #: default feasibility tolerances (1e-7 / 1e-6) can only enlarge the feasible set, which lowers
 #: the bound (the safe side); tighter tolerances (1e-9) made its MIP presolve return a wrong
-#: "optimal" value above the true one (found by tests/branching/test_milp_refine.py), so the
-#: defaults are kept and a refutation is confirmed with presolve off (see refutes)
+#: "optimal" value above the true one on a small ReLU net, so the defaults are kept and a
+#: refutation is confirmed by a second solve with presolve off (see _solve)
 MILP_SLACK = 1e-6
 
 
@@ -228,8 +228,9 @@ def _solve(lbs, ubs, integer, rows, t, n_in, case, polytope_index, time_limit) -
         # known wrong-optimum / wrong-infeasible reductions); the weaker proof is kept
         again = _solve_once(lbs, ubs, integer, rows, t, n_in, polytope_index, time_limit, presolve=False)
         if again.lower is None or again.lower < res.lower:
-            return PolytopeOptimum(-1, polytope_index, res.value, res.x, f"{res.status}; {again.status} without presolve",
-                                   again.lower)
+            best = again if again.value is not None and again.value < res.value else res
+            return PolytopeOptimum(-1, polytope_index, best.value, best.x,
+                                   f"{res.status}; {again.status} without presolve", again.lower)
     return res
 
 

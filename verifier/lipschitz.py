@@ -115,12 +115,12 @@ def lipschitz_bounds(model: ModelLike, norm: float | str = 2, pair: tuple[int, i
     upper = naive
     if method != "naive":
         # leave a fifth of the time to the lower bound
-        solve_deadline = None if deadline is None else begin + 0.8 * timeout
+        options = SolverOptions(tol=tol, deadline=None if deadline is None else begin + 0.8 * timeout)
         if per_output:
-            upper, details["per_output"] = _largest_output_bound(chain, method, SolverOptions(tol=tol, deadline=solve_deadline))
+            upper, details["per_output"] = _largest_output_bound(chain, method, options)
             upper = min(upper, naive)
         else:
-            res = upper_bound(chain, method, norm, SolverOptions(tol=tol, deadline=solve_deadline))
+            res = upper_bound(chain, method, norm, options)
             details["sdp"] = res.details()
             upper = min(upper, res.value)
     low = 0.0
