@@ -229,3 +229,20 @@ def test_crown_beats_ibp_on_a_sin_cos_net() -> None:
     crown = backward_lower(graph, graph.outputs[0], C, intermediate_bounds(graph, box, "crown"))
     ibp_lower = ibp[graph.outputs[0]].lower
     assert (crown >= ibp_lower - 1e-9).all() and (crown > ibp_lower + 1e-3).any()
+
+
+def test_tan_near_a_pole_holds_and_past_it_is_unbounded() -> None:
+    rule, node = RULES["Tan"], _node("Tan")
+    near = _iv([1.0, -1.5707], [1.5707, -1.0])
+    r = rule.relax(node, near)
+    xs = near.lower[:, None] + torch.linspace(0, 1, 2001, dtype=torch.float64)[None] * (near.upper - near.lower)[:, None]
+    fx = torch.tan(xs)
+    tol = 1e-9 * (1 + fx.abs())
+    assert bool((r.lw[:, None] * xs + r.lb[:, None] <= fx + tol).all())
+    assert bool((r.uw[:, None] * xs + r.ub[:, None] >= fx - tol).all())
+    for lo, up in ((1.0, 1.6), (-1.6, 0.0), (2.0, 2.5)):  # across a pole, or on another branch
+        box = _iv([lo], [up])
+        ibp = rule.ibp(node, [box])
+        assert ibp.lower.item() == -math.inf and ibp.upper.item() == math.inf
+        r = rule.relax(node, box)
+        assert r.lb.item() == -math.inf and r.ub.item() == math.inf and r.lw.item() == 0 and r.uw.item() == 0
