@@ -524,17 +524,16 @@ class _Run:
         g64 = graph_to(graph, "cpu", torch.float64)
         box = Interval(problem.lower.cpu().double(), problem.upper.cpu().double())
         options = self.options.bab
-
         C64 = problem.C.cpu().double()
+        budget = self.deadline.within(options.milp_refine_share * self.deadline.remaining())
 
         def retighten(bounds: dict[str, Interval]) -> dict[str, Interval]:
             # the next layer's MILPs only need its still-unstable neurons
-            return optimise_all(g64, box, C64, self.options.alpha, self.deadline, initial=(bounds, 0.0))[1]
+            return optimise_all(g64, box, C64, self.options.alpha, budget, initial=(bounds, 0.0))[1]
 
         refined, report = refine_intervals(
             g64, box, {k: Interval(v.lower.cpu().double(), v.upper.cpu().double()) for k, v in root.items()},
-            self.deadline.within(options.milp_refine_share * self.deadline.remaining()),
-            RefineOptions(per_solve=options.milp_refine_per_solve), retighten)
+            budget, RefineOptions(per_solve=options.milp_refine_per_solve), retighten)
         back = {k: Interval(v.lower.to(self.device, self.bound_dtype), v.upper.to(self.device, self.bound_dtype))
                 for k, v in refined.items()}
         alphas: dict[str, torch.Tensor] = {}
