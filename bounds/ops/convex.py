@@ -18,15 +18,10 @@ import math
 import torch
 
 from bounds.ops.base import OpRule, align_ranks
-from bounds.ops.curves import SlopeRule
+from bounds.ops.curves import SlopeRule, UnboundedOn
 from bounds.types import Interval, Relaxation
 
 POW = "nnverify.Pow"
-
-
-def _infinite_relaxation(like: torch.Tensor) -> Relaxation:
-    zero = torch.zeros_like(like)
-    return Relaxation(zero, torch.full_like(like, -math.inf), zero, torch.full_like(like, math.inf))
 
 
 class Exp(SlopeRule):
@@ -78,7 +73,7 @@ class Sqrt(SlopeRule):
         return None
 
 
-class Reciprocal(SlopeRule):
+class Reciprocal(UnboundedOn):
     """1/x: convex for x > 0, concave for x < 0; unbounded on intervals that reach 0."""
 
     monotone = -1
@@ -93,28 +88,8 @@ class Reciprocal(SlopeRule):
         side = torch.where(b > 0, 1.0, -1.0).to(s.dtype)
         return side / torch.sqrt(-s), torch.zeros_like(s)
 
-    @staticmethod
-    def _reaches_zero(x: Interval) -> torch.Tensor:
+    def unbounded(self, x):
         return (x.lower <= 0) & (x.upper >= 0)
-
-    def ibp(self, node, xs):
-        x = xs[0]
-        r = super().ibp(node, xs)
-        bad = self._reaches_zero(x)
-        return Interval(torch.where(bad, -math.inf, r.lower), torch.where(bad, math.inf, r.upper))
-
-    def relax(self, node, x, alpha=None):
-        bad = self._reaches_zero(x)
-        if not bool(bad.any()):
-            return super().relax(node, x, alpha)
-        # relax a harmless stand-in interval there, then make those lines infinite
-        safe = Interval(torch.where(bad, 1.0, x.lower), torch.where(bad, 2.0, x.upper))
-        r = super().relax(node, safe, alpha)
-        inf = _infinite_relaxation(r.lw)
-        if alpha is not None:
-            bad = bad.unsqueeze(1)
-        return Relaxation(*(torch.where(bad, a, b) for a, b in zip(
-            (inf.lw, inf.lb, inf.uw, inf.ub), (r.lw, r.lb, r.uw, r.ub))))
 
     def slope_bounds(self, node):
         return None

@@ -286,3 +286,35 @@ class SlopeRule(ActivationRule):
             best = torch.where(take, torch.full_like(mid, p), best)
             dist = torch.where(take, d, dist)
         return best
+
+
+class UnboundedOn(SlopeRule):
+    """A SlopeRule whose function is unbounded on some intervals (1/x reaching 0, tan reaching a
+    pole): those get infinite bounds (zero slopes, infinite offsets), the rest the usual
+    relaxation. `stand_in` is a harmless interval relaxed in their place, so that no NaN or
+    overflow reaches the batch."""
+
+    stand_in: tuple[float, float] = (1.0, 2.0)
+
+    def unbounded(self, x: Interval) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _stand_in(self, x: Interval, bad: torch.Tensor) -> Interval:
+        return Interval(torch.where(bad, self.stand_in[0], x.lower), torch.where(bad, self.stand_in[1], x.upper))
+
+    def ibp(self, node, xs):
+        bad = self.unbounded(xs[0])
+        r = super().ibp(node, [self._stand_in(xs[0], bad)])
+        return Interval(torch.where(bad, -math.inf, r.lower), torch.where(bad, math.inf, r.upper))
+
+    def relax(self, node, x, alpha=None):
+        bad = self.unbounded(x)
+        if not bool(bad.any()):
+            return super().relax(node, x, alpha)
+        r = super().relax(node, self._stand_in(x, bad), alpha)
+        if alpha is not None:
+            bad = bad.unsqueeze(1)
+        zero = torch.zeros_like(r.lw)
+        return Relaxation(torch.where(bad, zero, r.lw), torch.where(bad, -math.inf, r.lb),
+                          torch.where(bad, zero, r.uw), torch.where(bad, math.inf, r.ub))
+

@@ -14,9 +14,7 @@ import math
 
 import torch
 
-from bounds.ops.convex import _infinite_relaxation
-from bounds.ops.curves import SlopeRule
-from bounds.types import Interval, Relaxation
+from bounds.ops.curves import SlopeRule, UnboundedOn
 
 
 def _one_per_side(root: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -76,9 +74,10 @@ class Acos(Asin):
         return super().solve(node, -s, a, b)
 
 
-class Tan(SlopeRule):
+class Tan(UnboundedOn):
     inflections = (0.0,)
     monotone = 1
+    stand_in = (0.0, 0.5)
     #: intervals reaching this close to a pole count as reaching it (tan is ~1e9 there)
     _POLE = math.pi / 2 - 1e-9
 
@@ -91,25 +90,8 @@ class Tan(SlopeRule):
     def solve(self, node, s, a, b):
         return _one_per_side(torch.atan(torch.sqrt((s - 1).clamp(min=0.0))), a, b), torch.zeros_like(s)
 
-    def _off_branch(self, x: Interval) -> torch.Tensor:
+    def unbounded(self, x):
         return (x.lower <= -self._POLE) | (x.upper >= self._POLE)
-
-    def ibp(self, node, xs):
-        bad = self._off_branch(xs[0])
-        r = super().ibp(node, [Interval(torch.where(bad, 0.0, xs[0].lower), torch.where(bad, 0.0, xs[0].upper))])
-        return Interval(torch.where(bad, -math.inf, r.lower), torch.where(bad, math.inf, r.upper))
-
-    def relax(self, node, x, alpha=None):
-        bad = self._off_branch(x)
-        if not bool(bad.any()):
-            return super().relax(node, x, alpha)
-        safe = Interval(torch.where(bad, 0.0, x.lower), torch.where(bad, 0.5, x.upper))
-        r = super().relax(node, safe, alpha)
-        inf = _infinite_relaxation(r.lw)
-        if alpha is not None:
-            bad = bad.unsqueeze(1)
-        return Relaxation(*(torch.where(bad, a, b) for a, b in zip(
-            (inf.lw, inf.lb, inf.uw, inf.ub), (r.lw, r.lb, r.uw, r.ub))))
 
     def slope_bounds(self, node):
         return None
