@@ -116,7 +116,7 @@ def refine_intervals(graph64: Graph, box: Interval, bounds: dict[str, Interval],
                 report.stabilised += 1
         bounds[name] = Interval(lower.reshape(iv.lower.shape).to(iv.lower.dtype),
                                 upper.reshape(iv.upper.shape).to(iv.upper.dtype))
-        if retighten is not None and not deadline.expired():
+        if retighten is not None and position < len(order) - 1 and not deadline.expired():
             bounds = retighten(bounds)
     report.seconds = time.monotonic() - start
     return bounds, report
