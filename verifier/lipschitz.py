@@ -25,13 +25,14 @@ import torch
 from bounds.graph.ir import Graph
 from bounds.lipschitz.bound import METHODS, upper_bound
 from bounds.lipschitz.chain import DTYPE, Chain, margin_vector, output_vector
+from bounds.lipschitz.composed import Composition
 from bounds.lipschitz.dag import Dag
 from bounds.lipschitz.extract import load_network, network_from_graph
 from bounds.lipschitz.lower import lower_bound
 from bounds.lipschitz.naive import naive_bound
 from bounds.lipschitz.solver import SolverOptions
 
-ModelLike = Union[str, Path, Graph, Chain, Dag, torch.nn.Module]
+ModelLike = Union[str, Path, Graph, Chain, Dag, Composition, torch.nn.Module]
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,11 @@ class LipschitzResult:
                 f"({self.method}, {self.time_s:.2f} s)")
 
 
-def load_chain(model: ModelLike, input_shape: tuple[int, ...] | None = None) -> Chain | Dag:
+def load_chain(model: ModelLike, input_shape: tuple[int, ...] | None = None) -> Chain | Dag | Composition:
     """A Chain (a Dag when there are skip connections) from an ONNX / .mat path, a Graph, a
-    torch module (needs input_shape), a Chain or a Dag."""
-    if isinstance(model, (Chain, Dag)):
+    torch module (needs input_shape), a Chain or a Dag. Networks with layers too large for
+    dense matrices come back as a Composition (bounded part by part)."""
+    if isinstance(model, (Chain, Dag, Composition)):
         return model
     if isinstance(model, Graph):
         return network_from_graph(model)

@@ -16,8 +16,10 @@ import torch
 
 from bounds.lipschitz import formulations, solver
 from bounds.lipschitz.certify import Certificate, Multipliers, certify
-from bounds.lipschitz.chain import Chain
+from bounds.lipschitz.chain import Activation, Chain
+from bounds.lipschitz.composed import Composition
 from bounds.lipschitz.dag import Dag
+from bounds.lipschitz.structured import StructuredAffine
 from bounds.lipschitz.naive import naive_bound
 
 log = logging.getLogger(__name__)
@@ -63,15 +65,18 @@ def _certify_pulled_back(chain: Chain | Dag, problem: formulations.Problem, iter
     return Certificate(math.inf, math.inf, "no multipliers passed the certificate"), problem.unpack(ys[0]), math.inf
 
 
-def upper_bound(chain: Chain | Dag, method: str = "neuron", norm: float = 2,
+def upper_bound(chain: Chain | Dag | Composition, method: str = "neuron", norm: float = 2,
                 options: solver.SolverOptions = solver.SolverOptions(),
                 start: Multipliers | None = None) -> UpperBound:
     """A certified upper bound on the l2 (or l-inf -> l2 for norm=inf) Lipschitz constant of a
     chain or of a network with skip connections (Dag: the exact LipSDP over all activation
-    outputs, not a product of per-block bounds)."""
+    outputs, not a product of per-block bounds); of a Composition, the product of its parts'
+    bounds."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got '{method}'")
     begin = time.monotonic()
+    if isinstance(chain, Composition):
+        return _composed_bound(chain, method, norm, options, begin)
     if method == "naive":
         return UpperBound(naive_bound(chain, norm), method, norm, time_s=time.monotonic() - begin)
     if not chain.activations and norm == 2:
@@ -94,8 +99,39 @@ def upper_bound(chain: Chain | Dag, method: str = "neuron", norm: float = 2,
              method, "inf" if norm == math.inf else 2, cert.value, claimed, time.monotonic() - begin,
              report.newton_steps, theta)
     rel_gap = report.gap / max(report.objective, 1e-300) if math.isfinite(report.gap) else math.inf
-    return UpperBound(cert.value, method, norm, claimed, mult, time.monotonic() - begin, report.newton_steps,
-                      rel_gap, report.timed_out, theta)
+    result = UpperBound(cert.value, method, norm, claimed, mult, time.monotonic() - begin, report.newton_steps,
+                        rel_gap, report.timed_out, theta)
+    if method == "neuron" and not report.centred and not report.timed_out:
+        # the neuron path lost the central path (seen on wide layers fed by few inputs): the
+        # layer relaxation is a subset of the neuron one and its few variables keep the path
+        # well-behaved, so its certificate is a safe fallback when it is the better one
+        layer = upper_bound(chain, "layer", norm, options)
+        log.info("LipSDP-neuron did not converge; LipSDP-layer gives %.8g", layer.value)
+        if layer.value < result.value:
+            result = UpperBound(layer.value, method, norm, claimed, layer.multipliers, time.monotonic() - begin,
+                                report.newton_steps + layer.newton_steps, math.inf, layer.timed_out, theta)
+    return result
+
+
+def _composed_bound(net: Composition, method: str, norm: float, options: solver.SolverOptions,
+                    begin: float) -> UpperBound:
+    """prod over the parts: the first bounded from the requested input norm into l2, the
+    others l2 -> l2 (see composed.py); the l-inf product of induced norms is the alternative
+    (naive_bound) the caller compares with."""
+    total, steps, timed_out = 1.0, 0, False
+    for k, part in enumerate(net.parts):
+        into_l2 = norm if k == 0 else 2
+        if isinstance(part, StructuredAffine):
+            value = part.norm(2) if into_l2 == 2 else part.norm_inf_to_2()
+        elif isinstance(part, Activation):
+            value = part.lipschitz * (1.0 if into_l2 == 2 else math.sqrt(part.size))
+        else:
+            res = upper_bound(part, method, into_l2, options)
+            value = min(res.value, naive_bound(part, 2) * (1.0 if into_l2 == 2 else math.sqrt(part.n_inputs)))
+            steps += res.newton_steps
+            timed_out |= res.timed_out
+        total *= value
+    return UpperBound(total, method, norm, total, None, time.monotonic() - begin, steps, math.nan, timed_out)
 
 
 __all__ = ["UpperBound", "upper_bound", "METHODS"]

@@ -21,7 +21,9 @@ import torch
 
 from bounds.graph.ir import CONSTANT, INPUT, Graph, Node
 from bounds.lipschitz.chain import DTYPE, Activation, Chain, Piece
+from bounds.lipschitz.composed import Composition, assemble_parts
 from bounds.lipschitz.dag import Dag
+from bounds.lipschitz.segment import MAX_DENSE, ChainError, dense_segment, size, structured_segment
 
 #: slope bounds of the activations nnverify knows, when the rule does not say itself
 SLOPES = {"Relu": (0.0, 1.0), "Sigmoid": (0.0, 0.25), "Tanh": (0.0, 1.0),
@@ -29,12 +31,8 @@ SLOPES = {"Relu": (0.0, 1.0), "Sigmoid": (0.0, 0.25), "Tanh": (0.0, 1.0),
           # only once these ops have rules (the extractor evaluates through the rule's fn)
           "Gelu": (-0.129, 1.129), "Silu": (-0.0999, 1.0999), "Softplus": (0.0, 1.0), "Elu": (0.0, 1.0)}
 KINDS = {"Relu": "relu", "LeakyRelu": "leaky_relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
-#: largest segment matrix (rows x columns) built densely
-MAX_DENSE = 50_000_000
-
-
-class ChainError(ValueError):
-    """The network is not a chain LipSDP can read (the message says why)."""
+#: activation layers wider than this are not put into an SDP (bounded by their slope alone)
+MAX_SDP_WIDTH = 2048
 
 
 def _rules():
@@ -74,17 +72,17 @@ def _maxmin_trios(graph: Graph) -> dict[str, tuple[str, str, str, str]]:
     return found
 
 
-def chain_from_graph(graph: Graph) -> Chain:
+def chain_from_graph(graph: Graph, max_sdp_width: int = MAX_SDP_WIDTH) -> Chain | Composition:
     """The chain of a feed-forward graph (raises ChainError naming what does not fit)."""
-    return _network(graph, allow_skips=False)
+    return _network(graph, False, max_sdp_width)
 
 
-def network_from_graph(graph: Graph) -> Chain | Dag:
+def network_from_graph(graph: Graph, max_sdp_width: int = MAX_SDP_WIDTH) -> Chain | Dag | Composition:
     """A Chain when the graph is one, else the network with its skip connections (Dag)."""
-    return _network(graph, allow_skips=True)
+    return _network(graph, True, max_sdp_width)
 
 
-def _network(graph: Graph, allow_skips: bool) -> Chain | Dag:
+def _network(graph: Graph, allow_skips: bool, max_sdp_width: int) -> Chain | Dag | Composition:
     graph = _float64(graph)
     trios = _maxmin_trios(graph)
     trio_nodes = {n for a, b, mx, mn in trios.values() for n in (mx, mn)} | \
@@ -146,7 +144,7 @@ def _network(graph: Graph, allow_skips: bool) -> Chain | Dag:
                          "formulation (network_from_graph reads them)")
     if skips:
         return _assemble_dag(graph, units, layers, sources)
-    return _assemble(graph, units, layers)
+    return _assemble(graph, units, layers, max_sdp_width)
 
 
 def _activation(graph: Graph, units, layer: list[int]) -> tuple[Activation, list[str], list[str]]:
@@ -195,9 +193,9 @@ def _assemble_dag(graph: Graph, units, layers: list[list[int]], sources: dict[st
         n_out = sum(int(math.prod(graph[t].shape)) for t in targets)
         full = torch.zeros(n_out, width, dtype=DTYPE)
         if not deps:
-            W, b = _segment(graph, [], targets)
+            W, b = dense_segment(graph, [], targets)
             return full, b
-        W, b = _segment(graph, deps, targets)
+        W, b = dense_segment(graph, deps, targets)
         pos = 0
         for d in deps:
             m = int(math.prod(graph[d].shape))
@@ -220,74 +218,33 @@ def _assemble_dag(graph: Graph, units, layers: list[list[int]], sources: dict[st
     return Dag(tuple(weights), tuple(acts), tuple(biases), graph.name, int(math.prod(graph[x].shape)))
 
 
-def _assemble(graph: Graph, units, layers: list[list[int]]) -> Chain:
-    weights, biases, acts = [], [], []
+def _assemble(graph: Graph, units, layers: list[list[int]], max_sdp_width: int) -> Chain | Composition:
+    segments, biases, acts = [], [], []
     prev = [graph.inputs[0]]
-    for layer in layers:
-        act, ins, outs = _activation(graph, units, layer)
-        W, b = _segment(graph, prev, ins)
-        acts.append(act)
-        weights.append(W)
+    for layer in layers + [None]:
+        if layer is None:
+            act, ins, outs = None, [graph.outputs[0]], []
+        else:
+            act, ins, outs = _activation(graph, units, layer)
+        if size(graph, prev) * size(graph, ins) <= MAX_DENSE:
+            W, b = dense_segment(graph, prev, ins)
+        elif len(prev) == 1 and len(ins) == 1:
+            W = structured_segment(graph, prev[0], ins[0])
+            b = None
+        else:
+            raise ChainError(f"the segment {prev[:2]} -> {ins[:2]} would need a dense {size(graph, ins)} x "
+                             f"{size(graph, prev)} matrix, and a structured one must read one value and write one")
+        segments.append(W)
         biases.append(b)
+        if act is not None:
+            acts.append(act)
         prev = outs
-    W, b = _segment(graph, prev, [graph.outputs[0]])
-    weights.append(W)
-    biases.append(b)
-    return Chain(tuple(weights), tuple(acts), tuple(biases), graph.name)
+    return assemble_parts(segments, acts, biases, max_sdp_width, graph.name)
 
 
 def _elementwise_fn(node: Node):
     rule = _rules()[node.op]
     return lambda x: rule.fn(node, x)
-
-
-def _forward(node: Node, xs: list[torch.Tensor]) -> torch.Tensor:
-    return _rules()[node.op].forward(node, xs)
-
-
-def _segment(graph: Graph, sources: list[str], targets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W, b) with concat(targets) = W concat(sources) + b, by evaluating the affine nodes
-    between them on zero and on every unit vector (and checking affinity on a random point)."""
-    n_in = sum(int(math.prod(graph[s].shape)) for s in sources)
-    n_out = sum(int(math.prod(graph[t].shape)) for t in targets)
-    if n_in * n_out > MAX_DENSE:
-        raise ChainError(f"a segment would need a dense {n_out} x {n_in} matrix; structured convolutions "
-                         f"are not supported yet")
-    gen = torch.Generator().manual_seed(0)
-    probe = torch.randn(1, n_in, generator=gen, dtype=DTYPE)
-    batch = torch.cat([torch.zeros(1, n_in, dtype=DTYPE), torch.eye(n_in, dtype=DTYPE), probe])
-    env: dict[str, torch.Tensor] = {}
-    pos = 0
-    for s in sources:
-        m = int(math.prod(graph[s].shape))
-        env[s] = batch[:, pos:pos + m].reshape(-1, *graph[s].shape)
-        pos += m
-    needed = set()
-    todo = list(targets)
-    while todo:
-        cur = todo.pop()
-        if cur in needed or cur in env:
-            continue
-        needed.add(cur)
-        todo.extend(graph[cur].inputs)
-    for node in graph.nodes:
-        if node.name not in needed or node.name in env:
-            continue
-        if node.op == INPUT:
-            raise ChainError(f"'{node.name}' is read past the first activation layer: residual connections "
-                             f"are not supported")
-        if node.op == CONSTANT:
-            env[node.name] = node.value.unsqueeze(0)
-            continue
-        env[node.name] = _forward(node, [env[i] for i in node.inputs])
-    out = torch.cat([env[t].reshape(env[t].shape[0], -1).expand(n_in + 2, -1) for t in targets], 1)
-    b = out[0]
-    W = (out[1:n_in + 1] - b).T.contiguous()
-    check = W @ probe[0] + b
-    if not torch.allclose(check, out[-1], rtol=1e-6, atol=1e-8 * (1 + float(out.abs().max()))):
-        raise ChainError(f"the nodes between {sources[:2]} and {targets[:2]} are not affine "
-                         f"(unsupported operator between activations)")
-    return W, b
 
 
 def _float64(graph: Graph) -> Graph:
@@ -342,9 +299,9 @@ def _rewrite_max_min(model) -> int:
     return count
 
 
-def load_network(source: str | Path) -> Chain | Dag:
-    """A Chain (or, with skip connections, a Dag) from an ONNX file (MaxMin as Max / Min pairs
-    allowed) or a MATLAB .mat file."""
+def load_network(source: str | Path, max_sdp_width: int = MAX_SDP_WIDTH) -> Chain | Dag | Composition:
+    """A Chain (or, with skip connections, a Dag; with segments too large for dense matrices,
+    a Composition) from an ONNX file (MaxMin as Max / Min pairs allowed) or a MATLAB .mat file."""
     path = Path(source)
     if path.suffix == ".mat":
         return chain_from_mat(path)
@@ -362,7 +319,9 @@ def load_network(source: str | Path) -> Chain | Dag:
         graph = load_onnx(model.SerializeToString())
     else:
         graph = load_onnx(path)
-    net = network_from_graph(graph)
+    net = network_from_graph(graph, max_sdp_width)
+    if isinstance(net, Composition):
+        return Composition(net.parts, path.stem)
     if isinstance(net, Dag):
         return Dag(net.weights, net.activations, net.biases, path.stem, net.n_inputs)
     return Chain(net.weights, net.activations, net.biases, path.stem)

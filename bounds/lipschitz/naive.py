@@ -6,8 +6,10 @@ import math
 import torch
 
 from bounds.lipschitz.certify import ROUNDING_SLACK
-from bounds.lipschitz.chain import Chain
+from bounds.lipschitz.chain import Activation, Chain
+from bounds.lipschitz.composed import Composition
 from bounds.lipschitz.dag import Dag
+from bounds.lipschitz.structured import StructuredAffine
 
 
 def layer_norm(w: torch.Tensor, norm: float) -> float:
@@ -17,7 +19,7 @@ def layer_norm(w: torch.Tensor, norm: float) -> float:
     return float(w.abs().sum(1).max())
 
 
-def naive_bound(chain: Chain | Dag, norm: float = 2) -> float:
+def naive_bound(chain: Chain | Dag | Composition, norm: float = 2) -> float:
     """prod_i |W_i| * prod_i Lip(act_i): l2 -> l2, or l-inf -> l-inf for norm=inf.
 
     (An l-inf -> l-inf bound also bounds the l-inf -> l2 constant only up to sqrt(outputs),
@@ -26,6 +28,16 @@ def naive_bound(chain: Chain | Dag, norm: float = 2) -> float:
 
     With skip connections: L_0 = 1, L_i = Lip(act_i) sum_j |W_ij| L_j over the blocks j that
     layer i reads (the triangle inequality), and the output likewise."""
+    if isinstance(chain, Composition):
+        value = 1.0
+        for part in chain.parts:
+            if isinstance(part, StructuredAffine):
+                value *= part.norm(norm)
+            elif isinstance(part, Activation):
+                value *= part.lipschitz
+            else:
+                value *= naive_bound(part, norm)
+        return value
     if isinstance(chain, Dag):
         lips = [1.0]
         for i in range(len(chain.weights)):

@@ -47,6 +47,7 @@ class SolveReport:
     newton_steps: int
     stages: int
     timed_out: bool
+    centred: bool = True          # every stage reached its central point (else `gap` is no bound)
     history: list[tuple[float, float]] = field(default_factory=list)   # (seconds, objective)
     iterates: list[torch.Tensor] = field(default_factory=list)         # y at the end of each stage
 
@@ -257,8 +258,10 @@ def solve(problem: Problem, y0: torch.Tensor, options: SolverOptions = SolverOpt
     history = [(0.0, obj)]
     iterates = [y.clone()]
     timed_out = False
+    centred = True
     while True:
         stage_steps = 0
+        stage_centred = False
         for _ in range(options.max_newton):
             if options.deadline is not None and time.monotonic() > options.deadline:
                 timed_out = True
@@ -269,6 +272,7 @@ def solve(problem: Problem, y0: torch.Tensor, options: SolverOptions = SolverOpt
             steps += 1
             stage_steps += 1
             if decrement / 2 < 1e-9:
+                stage_centred = True
                 break
             f0, s = bar.last_value, 1.0
             while s > 1e-12:
@@ -277,12 +281,14 @@ def solve(problem: Problem, y0: torch.Tensor, options: SolverOptions = SolverOpt
                     break
                 s *= 0.5
             if s <= 1e-12:
+                stage_centred = True
                 break  # no progress possible at this t: treat as centred
             y = y + s * dy
         if timed_out:
             iterates.append(y.clone())   # feasible (every accepted step is): certify what we have
             break
         stages += 1
+        centred &= stage_centred
         previous = obj
         obj = float(problem.cost @ y)
         gap = bar.m / t
@@ -301,7 +307,11 @@ def solve(problem: Problem, y0: torch.Tensor, options: SolverOptions = SolverOpt
         t_new = t * factor
         y = _predict(bar, y, t, t_new, H)
         t = t_new
-    return SolveReport(y, float(problem.cost @ y), gap, steps, stages, timed_out, history, iterates)
+    if not centred:
+        log.info("barrier path left the central path (a stage used all %d Newton steps): no gap bound",
+                 options.max_newton)
+        gap = math.inf
+    return SolveReport(y, float(problem.cost @ y), gap, steps, stages, timed_out, centred, history, iterates)
 
 
 def _best_start(bar: _Barrier, y: torch.Tensor, fallback: float) -> float:
