@@ -27,7 +27,7 @@ from bounds.lipschitz.bound import METHODS, upper_bound
 from bounds.lipschitz.chain import DTYPE, Chain, margin_vector, output_vector
 from bounds.lipschitz.composed import Composition
 from bounds.lipschitz.dag import Dag
-from bounds.lipschitz.extract import load_network, network_from_graph
+from bounds.lipschitz.extract import MAX_SDP_WIDTH, load_network, network_from_graph
 from bounds.lipschitz.lower import lower_bound
 from bounds.lipschitz.naive import naive_bound
 from bounds.lipschitz.solver import SolverOptions
@@ -61,26 +61,28 @@ class LipschitzResult:
                 f"({self.method}, {self.time_s:.2f} s)")
 
 
-def load_chain(model: ModelLike, input_shape: tuple[int, ...] | None = None) -> Chain | Dag | Composition:
+def load_chain(model: ModelLike, input_shape: tuple[int, ...] | None = None,
+               max_sdp_width: int | None = None) -> Chain | Dag | Composition:
     """A Chain (a Dag when there are skip connections) from an ONNX / .mat path, a Graph, a
     torch module (needs input_shape), a Chain or a Dag. Networks with layers too large for
     dense matrices come back as a Composition (bounded part by part)."""
+    width = MAX_SDP_WIDTH if max_sdp_width is None else max_sdp_width
     if isinstance(model, (Chain, Dag, Composition)):
         return model
     if isinstance(model, Graph):
-        return network_from_graph(model)
+        return network_from_graph(model, width)
     if isinstance(model, torch.nn.Module):
         from bounds.graph.torch_import import from_torch
 
         if input_shape is None:
             raise ValueError("a torch module needs input_shape, e.g. (1, 784)")
-        return network_from_graph(from_torch(model, tuple(input_shape)))
+        return network_from_graph(from_torch(model, tuple(input_shape)), width)
     if isinstance(model, (str, Path)):
         from bounds.errors import ModelLoadError
 
         if not Path(model).is_file():
             raise ModelLoadError(f"{model}: no such model file")
-        return load_network(model)
+        return load_network(model, width)
     raise TypeError(f"model must be a path, Graph, Chain, Dag or torch module, not {type(model).__name__}")
 
 
@@ -96,8 +98,13 @@ def lipschitz_bounds(model: ModelLike, norm: float | str = 2, pair: tuple[int, i
                      method: str = "neuron", timeout: float | None = None, *, lower: bool = True,
                      input_shape: tuple[int, ...] | None = None,
                      box: tuple[torch.Tensor, torch.Tensor] | None = None, tol: float = 1e-6,
-                     output: int | None = None, per_output: bool = False) -> LipschitzResult:
-    """Certified upper and attained lower bound on the Lipschitz constant of `model`."""
+                     output: int | None = None, per_output: bool = False,
+                     max_sdp_width: int | None = None) -> LipschitzResult:
+    """Certified upper and attained lower bound on the Lipschitz constant of `model`.
+
+    max_sdp_width: activation layers wider than this (default extract.MAX_SDP_WIDTH) are
+    bounded by their slope alone, and the network by the product of its parts (composed.py);
+    convolutions too large for dense matrices get their Fourier norm bound either way."""
     begin = time.monotonic()
     norm = _parse_norm(norm)
     if method not in METHODS:
@@ -106,7 +113,7 @@ def lipschitz_bounds(model: ModelLike, norm: float | str = 2, pair: tuple[int, i
         raise ValueError("choose at most one of pair, output and per_output")
     if per_output and norm != math.inf:
         raise ValueError("per_output bounds l-inf -> l-inf; for l2 the whole output needs one SDP")
-    chain = load_chain(model, input_shape)
+    chain = load_chain(model, input_shape, max_sdp_width)
     if pair is not None:
         chain = chain.with_output(margin_vector(chain.n_outputs, tuple(pair)))
     if output is not None:

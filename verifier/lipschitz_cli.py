@@ -1,5 +1,5 @@
 """`verify lipschitz net.onnx [--norm 2|inf] [--pair i,j | --output k | --per-output] [--method neuron|layer|naive]
-[--timeout S] [--json]`"""
+[--max-sdp-width N] [--timeout S] [--json]`"""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "constant; tighter than the default l-inf -> l2 bound, one SDP per output)")
     p.add_argument("--method", choices=("neuron", "layer", "naive"), default="neuron",
                    help="LipSDP multipliers per neuron (default), per layer, or the product of norms")
+    p.add_argument("--max-sdp-width", type=int, metavar="N",
+                   help="activation layers wider than N (default 2048) are bounded by their slope alone "
+                        "instead of inside the SDP; convolutions too large for dense matrices always "
+                        "get their Fourier norm bound")
     p.add_argument("--timeout", type=float, metavar="S", help="time limit in seconds (the bound stays certified)")
     p.add_argument("--no-lower", action="store_true", help="skip the lower bound")
     p.add_argument("--json", action="store_true", help="print a JSON object (upper, lower, ...)")
@@ -54,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.max_sdp_width is not None and args.max_sdp_width < 1:
+        print("error: --max-sdp-width must be a positive number of neurons", file=sys.stderr)
+        return EXIT_USAGE
     if args.timeout is not None and not args.timeout > 0:
         print("error: --timeout must be positive", file=sys.stderr)
         return EXIT_USAGE
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         res = lipschitz_bounds(args.model, args.norm, pair, args.method, args.timeout, lower=not args.no_lower,
-                               output=args.output, per_output=args.per_output)
+                               output=args.output, per_output=args.per_output, max_sdp_width=args.max_sdp_width)
     except (VerifierError, ChainError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_MODEL

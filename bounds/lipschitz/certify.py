@@ -100,25 +100,59 @@ def _negdef_factor(S: torch.Tensor) -> torch.Tensor | None:
 def reduced_input_form(chain: Chain, mult: Multipliers) -> tuple[torch.Tensor | None, str]:
     """K with q(v) <= 0 for all v  iff  rho I - K >= 0 (or diag(gamma) - K >= 0); None when a
     layer's Schur complement is not negative definite."""
+    first = _first_layer_form(chain, mult)
+    if first[0] is None:
+        return None, first[2]
+    P1, Z, _ = first
+    W0 = chain.weights[0]
+    if Z is None:                                        # no activation layer
+        return W0.T @ W0, ""
+    Y = Z @ W0
+    S = W0.T @ P1 @ W0 + Y.T @ Y
+    return (S + S.T) / 2, ""
+
+
+def input_factor(chain: Chain, mult: Multipliers) -> tuple[torch.Tensor | None, str]:
+    """F with K <= F'F (rho = |F|_2^2 certifies the l2 bound), F having at most 2 n_1 rows:
+    for a first layer much narrower than the input, this avoids every n_0 x n_0 matrix.
+    K = W0'(P1 + Z'Z)W0 <= W0'(P1+ + Z'Z)W0 = F'F with F = [sqrt(P1+) W0; Z W0], where P1 is
+    diagonal (elementwise pieces; None is returned for group pieces)."""
+    P1, Z, reason = _first_layer_form(chain, mult)
+    if P1 is None:
+        return None, reason
+    if Z is None:
+        return chain.weights[0], ""
+    d = P1.diagonal()
+    if bool((P1 - torch.diag(d)).abs().max() > 0):
+        return None, "group pieces in the first layer"
+    W0 = chain.weights[0]
+    keep = d > 0
+    return torch.cat([d[keep].sqrt()[:, None] * W0[keep], Z @ W0]), ""
+
+
+def _first_layer_form(chain: Chain, mult: Multipliers):
+    """(P1, Z, reason): every layer after the first eliminated, so that
+    K = W0'(P1 + Z'Z)W0; (None, None, reason) when a Schur complement is not negative
+    definite; (0, None, "") for a chain without activations (K = W0'W0)."""
     W = chain.weights
     l = len(chain.activations)
     if len(mult.layers) != l:
         raise ValueError(f"{len(mult.layers)} multiplier layers for {l} activation layers")
     qcs = [qc_matrices(a, m) for a, m in zip(chain.activations, mult.layers)]
-    P_next = torch.eye(chain.n_outputs, dtype=DTYPE)     # the output term |W_l h_l|^2
-    S = W[l].T @ P_next @ W[l] - (qcs[l - 1][2] if l else 0)
+    if l == 0:
+        return torch.zeros(0), None, ""
+    S = W[l].T @ W[l] - qcs[l - 1][2]                     # the output term |W_l h_l|^2
     for i in range(l, 0, -1):
         L = _negdef_factor(S)
         if L is None:
-            return None, f"the Schur complement of activation layer {i} is not negative definite"
+            return None, None, f"the Schur complement of activation layer {i} is not negative definite"
         P_i, R_i, _ = qcs[i - 1]
-        B = W[i - 1].T @ R_i                              # (n_{i-1}, n_i)
-        Y = torch.linalg.solve_triangular(L, B.T, upper=False)
-        D_prev = W[i - 1].T @ P_i @ W[i - 1]
-        if i > 1:
-            D_prev = D_prev - qcs[i - 2][2]
-        S = D_prev + Y.T @ Y
-    return (S + S.T) / 2, ""
+        Z = torch.linalg.solve_triangular(L, R_i.T, upper=False)    # Y = Z W_{i-1}
+        if i == 1:
+            return P_i, Z, ""
+        Y = Z @ W[i - 1]
+        S = W[i - 1].T @ P_i @ W[i - 1] - qcs[i - 2][2] + Y.T @ Y
+    raise AssertionError("unreachable")
 
 
 def dag_reduced_input_form(net: Dag, mult: Multipliers) -> tuple[torch.Tensor | None, str]:
@@ -169,6 +203,17 @@ def certify(chain: Chain | Dag, mult: Multipliers, norm: float = 2) -> Certifica
     """The Lipschitz constant the multipliers prove (l2 -> l2, or l-inf -> l2 for norm=inf)."""
     if isinstance(chain, Dag):
         K, reason = dag_reduced_input_form(chain, mult)
+    elif norm == 2 and chain.n_inputs > 2 * chain.weights[0].shape[0] + 64:
+        F, reason = input_factor(chain, mult)
+        if F is not None:                                 # rho = |F|^2 from the small side F F'
+            K = F @ F.T
+            rho = max(float(torch.linalg.eigvalsh(K)[-1]), 0.0)
+            rho = rho * (1 + ROUNDING_SLACK * (1 + F.shape[1] / 1000)) + ROUNDING_SLACK * float(K.abs().max()) + 1e-300
+            rho = _confirm(lambda r: r * torch.eye(K.shape[0], dtype=DTYPE) - K, rho)
+            return Certificate(math.sqrt(rho), rho)
+        if reason != "group pieces in the first layer":
+            return Certificate(math.inf, math.inf, reason)
+        K, reason = reduced_input_form(chain, mult)
     else:
         K, reason = reduced_input_form(chain, mult)
     if K is None:

@@ -101,3 +101,48 @@ def test_api_on_a_torch_module() -> None:
     module = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
     res = lipschitz_bounds(module, input_shape=(1, 4), method="layer")
     assert 0 < res.lower <= res.upper
+
+
+def _conv_onnx(path: Path) -> None:
+    """3x32x32 -> conv3x3 (16 channels, 16384 ReLUs: a 16384 x 3072 matrix, too large to write
+    down densely) -> strided conv4x4 (4 channels) -> ReLU -> Gemm 256 -> 10."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    init = [numpy_helper.from_array((rng.standard_normal((16, 3, 3, 3)) / 5).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.standard_normal(16).astype(np.float32) / 10, "b1"),
+            numpy_helper.from_array((rng.standard_normal((4, 16, 4, 4)) / 16).astype(np.float32), "w2"),
+            numpy_helper.from_array((rng.standard_normal((10, 256)) / 16).astype(np.float32), "w3"),
+            numpy_helper.from_array(np.zeros(10, np.float32), "b3")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], strides=[4, 4]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Flatten", ["r2"], ["f"]),
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], init)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+
+
+def test_a_convolution_too_large_for_dense_matrices(capsys, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    path = tmp_path / "conv.onnx"
+    _conv_onnx(path)
+    code, out, err = _run(capsys, str(path), "--json", "-q", "--timeout", "120")
+    assert code == 0, err
+    res = json.loads(out)
+    assert "conv3x3[3->16]" in res["details"]["network"] and "relu[16384]" in res["details"]["network"]
+    assert 0 < res["lower"] <= res["upper"] <= res["details"]["naive"] * (1 + 1e-9)
+    # no difference quotient of the real network (onnxruntime, float32) beats the bound
+    sess = ort.InferenceSession(str(path))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+        d = (rng.standard_normal(x.shape) * 1e-2).astype(np.float32)
+        dy = sess.run(None, {"x": x + d})[0] - sess.run(None, {"x": x})[0]
+        assert np.linalg.norm(dy) <= res["upper"] * np.linalg.norm(d) * (1 + 1e-4) + 1e-6
+    code, out, _ = _run(capsys, str(path), "--json", "-q", "--no-lower", "--max-sdp-width", "0")
+    assert code == 2

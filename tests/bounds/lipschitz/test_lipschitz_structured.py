@@ -190,3 +190,28 @@ def test_structured_affine_norm_multiplies_its_factors() -> None:
     seg = StructuredAffine(16, 16, (conv, conv), lambda v: 9 * v)
     assert seg.norm(2) == pytest.approx(9.0, rel=1e-7)
     assert seg.norm_inf_to_2() == pytest.approx(9.0 * 4, rel=1e-7)
+
+
+@pytest.mark.parametrize("act, lower", [("relu", 0.0), ("leaky_relu", 0.1), ("slope", -0.2)])
+def test_wide_input_certificate_avoids_the_input_square_and_agrees(act: str, lower: float) -> None:
+    """The l2 certificate of a chain whose input is much wider than its first layer is computed
+    from a (<= 2 n_1)-row factor; it equals the n_0 x n_0 form where P1 >= 0 and covers it
+    where P1 has negative entries (dropped, so the bound can only grow)."""
+    from bounds.lipschitz.certify import certify, reduced_input_form
+    from bounds.lipschitz.chain import elementwise
+
+    gen = torch.Generator().manual_seed(7)
+    ws = (torch.randn(12, 400, generator=gen, dtype=torch.float64) / 20,
+          torch.randn(10, 12, generator=gen, dtype=torch.float64) / 3,
+          torch.randn(3, 10, generator=gen, dtype=torch.float64) / 3)
+    acts = (elementwise(act, 12, lower, 1.0, 0.1 if act == "leaky_relu" else None), elementwise("relu", 10))
+    chain = Chain(ws, acts)
+    res = upper_bound(chain, "neuron", 2)
+    full, _ = reduced_input_form(chain, res.multipliers)
+    exact = math.sqrt(float(torch.linalg.eigvalsh(full)[-1]))
+    assert res.value >= exact * (1 - 1e-9)
+    if lower <= 0:
+        assert res.value == pytest.approx(exact, rel=1e-8)
+    else:
+        assert res.value <= exact * 1.5
+    assert certify(chain, res.multipliers, 2).value == res.value
