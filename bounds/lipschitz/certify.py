@@ -86,7 +86,7 @@ def qc_matrices(act: Activation, mult: tuple[torch.Tensor, ...]) -> tuple[torch.
 def _negdef_factor(S: torch.Tensor) -> torch.Tensor | None:
     """Cholesky factor of -S when -S is safely positive definite, else None."""
     A = -(S + S.T) / 2
-    scale = float(A.abs().max()) if A.numel() else 0.0
+    scale = float(A.detach().abs().max()) if A.numel() else 0.0
     if not math.isfinite(scale):
         return None
     margin = ROUNDING_SLACK * max(scale, 1e-300) * A.shape[0]

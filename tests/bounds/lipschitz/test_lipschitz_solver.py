@@ -181,3 +181,21 @@ def test_a_timeout_still_reports_a_certified_bound() -> None:
     assert rushed.timed_out and math.isfinite(rushed.value)
     assert rushed.value >= full.value * (1 - 1e-9)
     assert rushed.value == certify(chain, rushed.multipliers, 2).value
+
+
+@pytest.mark.parametrize("act, norm", [("relu", 2), ("tanh", 2), ("maxmin", 2), ("relu", math.inf)])
+def test_certificate_descent_improves_layer_multipliers_but_never_passes_the_optimum(act: str, norm: float) -> None:
+    """From LipSDP-Layer's multipliers, descent on the certified value itself lands between
+    the neuron optimum (the barrier, centred on these small nets) and where it started; what
+    it returns is exactly what its multipliers certify."""
+    from bounds.lipschitz.descent import descend
+
+    chain = random_chain([6, 12, 10, 3], act, seed=11)
+    layer = upper_bound(chain, "layer", norm)
+    neuron = upper_bound(chain, "neuron", norm)
+    mult, value = descend(chain, layer.multipliers, norm, iterations=200)
+    assert value == certify(chain, mult, norm).value
+    assert neuron.value * (1 - 1e-6) <= value <= layer.value
+    if act != "maxmin":
+        assert value < layer.value * (1 - 1e-3)          # it does move
+    assert value >= _sampled_quotient(chain, norm)
