@@ -1330,6 +1330,8 @@ _FUNCTIONS: dict[Any, Callable] = {
     torch.tan: _f_unary("Tan"), torch.asin: _f_unary("Asin"), torch.arcsin: _f_unary("Asin"),
     torch.acos: _f_unary("Acos"), torch.arccos: _f_unary("Acos"), torch.sinh: _f_unary("Sinh"),
     torch.cosh: _f_unary("Cosh"), torch.asinh: _f_unary("Asinh"), torch.arcsinh: _f_unary("Asinh"),
+    torch.atanh: _f_unary("Atanh"), torch.arctanh: _f_unary("Atanh"), torch.acosh: _f_unary("Acosh"),
+    torch.arccosh: _f_unary("Acosh"),
     F.softsign: _f_unary("Softsign"),
     F.silu: _f_unary("nnverify.SiLU"), F.hardsigmoid: lambda imp, input, inplace=False: imp.unary(
         "HardSigmoid", input, alpha=1 / 6, beta=0.5), F.hardswish: _f_unary("HardSwish"),

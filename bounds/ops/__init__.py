@@ -57,6 +57,8 @@ RULES: dict[str, OpRule] = {
     "Tan": inverse_s.Tan(),
     "Asin": inverse_s.Asin(),
     "Acos": inverse_s.Acos(),
+    "Atanh": inverse_s.Atanh(),
+    "Acosh": convex.Acosh(),
     "Cosh": convex.Cosh(),
     "Exp": convex.Exp(),
     "Log": convex.Log(),

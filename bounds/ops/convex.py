@@ -73,6 +73,26 @@ class Sqrt(SlopeRule):
         return None
 
 
+class Acosh(SlopeRule):
+    """acosh(x) on [1, inf): concave and increasing, infinitely steep at 1 (like Sqrt at 0)."""
+
+    domain = (1.0, math.inf)
+    monotone = 1
+
+    def f(self, node, x):
+        return torch.acosh(x)
+
+    def df(self, node, x):
+        return torch.rsqrt(x * x - 1)
+
+    def solve(self, node, s, a, b):
+        # 1 / sqrt(x^2 - 1) = s  <=>  x = sqrt(1 + 1/s^2)
+        return torch.sqrt(1 + 1 / (s * s)), torch.zeros_like(s)
+
+    def slope_bounds(self, node):
+        return None
+
+
 class Reciprocal(UnboundedOn):
     """1/x: convex for x > 0, concave for x < 0; unbounded on intervals that reach 0."""
 

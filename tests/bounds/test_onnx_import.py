@@ -386,7 +386,7 @@ CASES = [
     # h1: unary nonlinearities (more in tests/bounds/test_ops_{convex,gelu,piecewise}.py, test_fuse_activations.py)
     *[pytest.param(lambda op=op: single(op, [2, 3], opset=13), id=op.lower())
       for op in ("Exp", "Log", "Sqrt", "Reciprocal", "Abs", "Sin", "Cos", "Erf", "Atan", "Softplus", "Sign",
-                 "Softsign", "Asinh", "Sinh", "Cosh", "Tan", "Asin", "Acos",
+                 "Softsign", "Asinh", "Sinh", "Cosh", "Tan", "Asin", "Acos", "Atanh", "Acosh",
                  "ThresholdedRelu")],
     pytest.param(lambda: single("Pow", [2, 3], {"e": np.array(2.0, np.float32)}, ["e"], 13), id="pow"),
     pytest.param(lambda: single("Clip", [2, 3], {"lo": np.array(-0.5, np.float32), "hi": np.array(1.0, np.float32)},

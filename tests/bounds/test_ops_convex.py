@@ -39,7 +39,7 @@ def _iv(lo, up, dtype=torch.float64) -> Interval:
                                           ("Cos", -20.0, 40.0), ("Erf", -3.0, 6.0), ("Atan", -9.0, 18.0),
                                           ("Softsign", -9.0, 18.0), ("Asinh", -9.0, 18.0), ("Sinh", -5.0, 10.0),
                                           ("Cosh", -5.0, 10.0), ("Tan", -1.5, 3.0), ("Asin", -1.0, 2.0),
-                                          ("Acos", -1.0, 2.0)])
+                                          ("Acos", -1.0, 2.0), ("Atanh", -0.99, 1.98), ("Acosh", 1.0, 9.0)])
 def test_interpreter_matches_onnxruntime(op: str, low: float, scale: float) -> None:
     fx.compare(fx.single(op, [2, 5]), batch=6, low=low, scale=scale)
 
@@ -176,8 +176,10 @@ def _unary_net(seed: int, ops: list[tuple[str, dict]], width: int = 5) -> object
         fractional = op == "nnverify.Pow" and attrs["exponent"] != int(attrs["exponent"])
         if op in ("Log", "Sqrt", "Reciprocal") or fractional:
             h = b.op("Add", b.op("Exp", h), b.const(torch.full((width,), 0.2)))   # positive
-        if op in ("Asin", "Acos"):
+        if op in ("Asin", "Acos", "Atanh"):
             h = b.op("Tanh", h)                                                   # in (-1, 1)
+        if op == "Acosh":
+            h = b.op("Add", b.op("Exp", h), b.const(torch.full((width,), 1.0)))   # above 1
         if op == "Tan":
             h = b.op("Mul", b.op("Tanh", h), b.const(torch.full((width,), 1.4)))  # principal branch
         h = b.op(op, h, **attrs)
@@ -189,7 +191,7 @@ NETS = [[("Sin", {}), ("Cos", {})], [("nnverify.Pow", {"exponent": 2.0}), ("Sin"
         [("Exp", {}), ("Log", {})], [("Sqrt", {}), ("Abs", {})], [("Reciprocal", {}), ("Atan", {})],
         [("nnverify.Pow", {"exponent": 3.0}), ("Erf", {})], [("nnverify.Pow", {"exponent": 0.5}), ("Cos", {})],
         [("Softsign", {}), ("Sinh", {})], [("Asinh", {}), ("Cosh", {})], [("Asin", {}), ("Tan", {})],
-        [("Acos", {}), ("Softsign", {})]]
+        [("Acos", {}), ("Softsign", {})], [("Atanh", {}), ("Acosh", {})]]
 
 
 @pytest.mark.parametrize("net", range(len(NETS)))

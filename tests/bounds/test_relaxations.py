@@ -61,6 +61,8 @@ DOMAINS = {
     "Asin": lambda lo, up, attrs: (math.tanh(lo / 4), math.tanh(up / 4)),
     "Acos": lambda lo, up, attrs: (math.tanh(lo / 4), math.tanh(up / 4)),
     "Tan": lambda lo, up, attrs: (1.5 * math.tanh(lo / 4), 1.5 * math.tanh(up / 4)),
+    "Atanh": lambda lo, up, attrs: (0.99 * math.tanh(lo / 4), 0.99 * math.tanh(up / 4)),
+    "Acosh": lambda lo, up, attrs: _shift_right(lo, up, 1.0),
 }
 # Box families named by the style guide: point, tiny, wide, one-sided, straddling, large.
 KINDS = {

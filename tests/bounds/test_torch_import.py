@@ -355,7 +355,8 @@ def _h4_cases():
         ("softsign", mlp(nn.Softsign()), (1, 5)),
         ("trig_hyperbolic", _Functional(lambda x: torch.asinh(torch.sinh(x)) + torch.cosh(0.5 * x) + F.softsign(x)
                                         + torch.tan(torch.tanh(x)) + torch.asin(torch.tanh(x))
-                                        + torch.acos(0.9 * torch.tanh(x))), (1, 5)),
+                                        + torch.acos(0.9 * torch.tanh(x)) + torch.atanh(0.9 * torch.tanh(x))
+                                        + torch.acosh(1 + torch.exp(x))), (1, 5)),
     ]
 
 
@@ -394,7 +395,7 @@ def test_new_modules_map_to_their_onnx_ops() -> None:
     assert "LayerNormalization" in ops["layernorm"] and "ConvTranspose" in ops["conv_transpose2d"]
     assert {"ConvTranspose", "LayerNormalization", "Selu", "Celu", "Mish"} <= ops["functional"]
     assert "Softsign" in ops["softsign"]
-    assert {"Sinh", "Asinh", "Cosh", "Softsign", "Tan", "Asin", "Acos"} <= ops["trig_hyperbolic"]
+    assert {"Sinh", "Asinh", "Cosh", "Softsign", "Tan", "Asin", "Acos", "Atanh", "Acosh"} <= ops["trig_hyperbolic"]
 
 
 def test_mish_round_trips_through_opset_17_export() -> None:

@@ -27,7 +27,8 @@ SPEC_KINDS = ("box", "robust", "polytope", "disjunction")
 #: sends outputs to infinity, which no bound can contain usefully)
 EXCLUDED = frozenset({"Div", "Pow", "Reciprocal",
                       "Log", "Sqrt",    # h1: defined for x >= 0 only, NaN on the generator's boxes
-                      "Asin", "Acos"})  # defined on [-1, 1] only (tests/bounds cover them there)
+                      "Asin", "Acos",   # defined on [-1, 1] only (tests/bounds cover them there)
+                      "Atanh", "Acosh"})  # (-1, 1) and [1, inf) only
 #: ops the generator already places itself (linear plumbing)
 STRUCTURAL = frozenset({"Add", "Sub"})
 #: non-default attributes worth drawing at random, per op
