@@ -4,8 +4,10 @@ Activation nodes are the elementwise ops with slope bounds (the rule's `slope_bo
 has one, else the table below) and MaxMin pairs. An activation's *layer* is one more than the
 deepest activation its input depends on; the graph is a chain when every segment between
 activations reads activations of exactly one earlier layer. Each segment is affine, so its
-matrix is read off by evaluating it on the unit vectors (convolutions become matrices this
-way; fine for small ones, and the error names the size when it is too large).
+matrix is read off by evaluating it on the unit vectors (small convolutions become matrices
+this way). A segment too large for that (segment.MAX_DENSE entries) is kept structured
+(structured.py: Fourier norm bounds), and the network becomes a Composition bounded part by
+part (composed.py), as it does when an activation layer is wider than max_sdp_width.
 
 MaxMin in ONNX: torch exports `torch.maximum(a, b)` / `torch.minimum(a, b)` as Max / Min,
 which the bound rules do not cover. `load_network` rewrites each Max(a, b) with its Min(a, b)
