@@ -17,7 +17,7 @@ import torch
 from bounds.lipschitz import formulations, solver
 from bounds.lipschitz.certify import Certificate, Multipliers, certify
 from bounds.lipschitz.chain import Activation, Chain
-from bounds.lipschitz.composed import Composition
+from bounds.lipschitz.composed import Composition, Pooling
 from bounds.lipschitz.dag import Dag
 from bounds.lipschitz.descent import descend
 from bounds.lipschitz.structured import StructuredAffine
@@ -136,7 +136,7 @@ def _composed_bound(net: Composition, method: str, norm: float, options: solver.
     total, steps, timed_out = 1.0, 0, False
     for k, part in enumerate(net.parts):
         into_l2 = norm if k == 0 else 2
-        if isinstance(part, StructuredAffine):
+        if isinstance(part, (StructuredAffine, Pooling)):
             value = part.norm(2) if into_l2 == 2 else part.norm_inf_to_2()
         elif isinstance(part, Activation):
             value = part.lipschitz * (1.0 if into_l2 == 2 else math.sqrt(part.size))

@@ -13,24 +13,53 @@ the product of l-inf induced norms is the other candidate (naive_bound), and the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from bounds.lipschitz.chain import DTYPE, Activation, Chain
 from bounds.lipschitz.structured import StructuredAffine
 
-Part = Chain | StructuredAffine | Activation
+@dataclass(frozen=True)
+class Pooling:
+    """Max pooling: each output is the max over a window, so |dy_j| <= max over the window of
+    |dx_i|, and |dy|_2^2 <= sum_i (windows covering i) dx_i^2: the l2 constant is at most the
+    square root of the largest number of windows covering one input; the l-inf constant is 1."""
+
+    n_in: int
+    n_out: int
+    max_cover: int
+    fn: Callable[[torch.Tensor], torch.Tensor] = field(compare=False, repr=False)
+    name: str = "maxpool"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def norm(self, norm: float = 2) -> float:
+        return math.sqrt(self.max_cover) if norm == 2 else 1.0
+
+    def norm_inf_to_2(self) -> float:
+        return min(math.sqrt(self.n_in) * self.norm(2), math.sqrt(self.n_out))
+
+    def describe(self) -> str:
+        return f"{self.name}[{self.n_in}->{self.n_out}]"
+
+
+Part = Chain | StructuredAffine | Activation | Pooling
 
 
 def part_inputs(part: Part) -> int:
-    return part.n_inputs if isinstance(part, Chain) else part.n_in if isinstance(part, StructuredAffine) \
-        else part.size
+    if isinstance(part, Chain):
+        return part.n_inputs
+    return part.n_in if isinstance(part, (StructuredAffine, Pooling)) else part.size
 
 
 def part_outputs(part: Part) -> int:
-    return part.n_outputs if isinstance(part, Chain) else part.n_out if isinstance(part, StructuredAffine) \
-        else part.size
+    if isinstance(part, Chain):
+        return part.n_outputs
+    return part.n_out if isinstance(part, (StructuredAffine, Pooling)) else part.size
 
 
 @dataclass(frozen=True)
@@ -81,15 +110,19 @@ class Composition:
 
 def assemble_parts(segments: list, activations: list[Activation], biases: list, max_sdp_width: int,
                    name: str) -> Chain | Composition:
-    """segments[i]: a dense weight (tensor) or a StructuredAffine; activations[i] follows
-    segments[i]. Runs of dense segments and activations no wider than max_sdp_width become
-    Chains (an identity weight closes a run that starts or ends at an activation)."""
+    """segments[i]: a dense weight (tensor) or a StructuredAffine; activations[i] (an
+    Activation or a Pooling) follows segments[i]. Runs of dense segments and activations no
+    wider than max_sdp_width become Chains (an identity weight closes a run that starts or ends
+    at an activation); poolings stand alone."""
     items: list[tuple[str, object, object]] = []
     for i, seg in enumerate(segments):
         items.append(("struct" if isinstance(seg, StructuredAffine) else "dense", seg, biases[i]))
         if i < len(activations):
             act = activations[i]
-            items.append(("act" if act.size <= max_sdp_width else "wide", act, None))
+            if isinstance(act, Pooling):
+                items.append(("pool", act, None))
+            else:
+                items.append(("act" if act.size <= max_sdp_width else "wide", act, None))
     if all(kind in ("dense", "act") for kind, _, _ in items):
         return Chain(tuple(s for s in segments), tuple(activations), tuple(biases), name)
     parts: list[Part] = []
@@ -127,4 +160,4 @@ def assemble_parts(segments: list, activations: list[Activation], biases: list, 
     return Composition(tuple(parts), name)
 
 
-__all__ = ["Composition", "assemble_parts", "Part"]
+__all__ = ["Composition", "Pooling", "assemble_parts", "Part"]

@@ -23,8 +23,9 @@ import torch
 
 from bounds.graph.ir import CONSTANT, INPUT, Graph, Node
 from bounds.lipschitz.chain import DTYPE, Activation, Chain, Piece
-from bounds.lipschitz.composed import Composition, assemble_parts
+from bounds.lipschitz.composed import Composition, Pooling, assemble_parts
 from bounds.lipschitz.dag import Dag
+from bounds.lipschitz.structured import StructuredAffine
 from bounds.lipschitz.segment import MAX_DENSE, ChainError, dense_segment, size, structured_segment
 
 #: slope bounds of the activations nnverify knows, when the rule does not say itself
@@ -101,6 +102,8 @@ def _network(graph: Graph, allow_skips: bool, max_sdp_width: int) -> Chain | Dag
             units.append(("maxmin", (a, b), (mx, mn), node))
         elif node.op in ("nnverify.MaxMin", "nnverify.GroupSort"):   # fused by bounds.graph.fuse_minmax
             units.append(("sort", (node.inputs[0],), (node.name,), node))
+        elif node.op in ("MaxPool", "GlobalMaxPool"):
+            units.append(("pool", (node.inputs[0],), (node.name,), node))
         elif node.op in ("Max", "Min"):
             bad.append(f"{node.describe()} (a Max without its Min on the same pair, or vice versa)")
             continue
@@ -149,9 +152,38 @@ def _network(graph: Graph, allow_skips: bool, max_sdp_width: int) -> Chain | Dag
     return _assemble(graph, units, layers, max_sdp_width)
 
 
+def _pooling(graph: Graph, units, layer: list[int]) -> tuple[Pooling, list[str], list[str]]:
+    if len(layer) != 1:
+        raise ChainError(f"{units[layer[0]][3].describe()} shares its layer with other activations; "
+                         f"max pooling must be a layer of its own")
+    _, (src,), (out,), node = units[layer[0]]
+    from bounds.lipschitz.segment import evaluator
+    return (Pooling(size(graph, [src]), size(graph, [out]), _max_cover(graph, node), evaluator(graph, [src], [out]),
+                    node.op), [src], [out])
+
+
+def _max_cover(graph: Graph, node: Node) -> int:
+    """The largest number of pooling windows that contain one input element."""
+    shape = tuple(graph[node.inputs[0]].shape)
+    if node.op == "GlobalMaxPool":
+        return 1
+    from bounds.ops.minmax import _pool_geometry, _window_index
+    kernel, strides, dil, pads = _pool_geometry(node, shape)
+    n = len(kernel)
+    out = graph[node.name].shape[-n:]
+    index, valid = _window_index(list(shape[-n:]), list(out), kernel, strides, dil, pads, "cpu")
+    counts = torch.zeros(math.prod(shape[-n:]), dtype=torch.long)
+    for k in range(index.shape[0]):     # one window per output position: count each position once
+        counts.index_add_(0, index[k][valid[k]], torch.ones(int(valid[k].sum()), dtype=torch.long))
+    return max(int(counts.max()), 1)
+
+
 def _activation(graph: Graph, units, layer: list[int]) -> tuple[Activation, list[str], list[str]]:
     """One activation layer from its units: (activation, unit inputs, unit outputs), the
     neurons ordered as the inputs are."""
+    if any(units[k][0] == "pool" for k in layer):
+        raise ChainError(f"{units[layer[0]][3].describe()}: max pooling is bounded only in feed-forward "
+                         f"networks (no skip connections)")
     ins: list[str] = []
     for k in layer:
         ins.extend(units[k][1])
@@ -226,9 +258,14 @@ def _assemble(graph: Graph, units, layers: list[list[int]], max_sdp_width: int) 
     for layer in layers + [None]:
         if layer is None:
             act, ins, outs = None, [graph.outputs[0]], []
+        elif units[layer[0]][0] == "pool":
+            act, ins, outs = _pooling(graph, units, layer)
         else:
             act, ins, outs = _activation(graph, units, layer)
-        if size(graph, prev) * size(graph, ins) <= MAX_DENSE:
+        if ins == prev and size(graph, ins) > max_sdp_width:      # nothing in between: identity
+            n = size(graph, ins)
+            W, b = StructuredAffine(n, n, (), lambda x: x, "identity"), None
+        elif size(graph, prev) * size(graph, ins) <= MAX_DENSE:
             W, b = dense_segment(graph, prev, ins)
         elif len(prev) == 1 and len(ins) == 1:
             W = structured_segment(graph, prev[0], ins[0])

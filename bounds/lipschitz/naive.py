@@ -7,7 +7,7 @@ import torch
 
 from bounds.lipschitz.certify import ROUNDING_SLACK
 from bounds.lipschitz.chain import Activation, Chain
-from bounds.lipschitz.composed import Composition
+from bounds.lipschitz.composed import Composition, Pooling
 from bounds.lipschitz.dag import Dag
 from bounds.lipschitz.structured import StructuredAffine
 
@@ -31,7 +31,7 @@ def naive_bound(chain: Chain | Dag | Composition, norm: float = 2) -> float:
     if isinstance(chain, Composition):
         value = 1.0
         for part in chain.parts:
-            if isinstance(part, StructuredAffine):
+            if isinstance(part, (StructuredAffine, Pooling)):
                 value *= part.norm(norm)
             elif isinstance(part, Activation):
                 value *= part.lipschitz

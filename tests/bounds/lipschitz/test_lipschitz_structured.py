@@ -215,3 +215,25 @@ def test_wide_input_certificate_avoids_the_input_square_and_agrees(act: str, low
     else:
         assert res.value <= exact * 1.5
     assert certify(chain, res.multipliers, 2).value == res.value
+
+
+@pytest.mark.parametrize("kernel, stride, cover", [(2, 2, 1), (3, 1, 9), (3, 2, 4)])
+def test_max_pooling_is_its_own_part(kernel: int, stride: int, cover: int) -> None:
+    """conv -> ReLU -> MaxPool -> conv -> ReLU -> fc: the pooling is a part bounded by the square
+    root of the most windows covering one input (1 for 2x2/2, 9 for 3x3/1, 4 for 3x3/2)."""
+    torch.manual_seed(kernel + stride)
+    nn = torch.nn
+    body = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(kernel, stride))
+    side = body(torch.zeros(1, 1, 8, 8)).shape[-1]
+    module = nn.Sequential(body, nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * (side - 2) ** 2, 3)).double()
+    net = network_from_graph(from_torch(module, (1, 1, 8, 8)))
+    assert isinstance(net, Composition)
+    pools = [p for p in net.parts if type(p).__name__ == "Pooling"]
+    assert len(pools) == 1 and pools[0].max_cover == cover
+    x = torch.randn(20, 64, dtype=torch.float64)
+    assert torch.allclose(net(x), module(x.reshape(20, 1, 8, 8)), atol=1e-9)
+    for norm in (2, math.inf):
+        res = lipschitz_bounds(net, norm, timeout=60)
+        d = torch.randn(20, 64, dtype=torch.float64) * 1e-3
+        q = quotient(lambda v: module(v.reshape(-1, 1, 8, 8)), x, x + d, norm)
+        assert float(q.max()) <= res.upper and res.lower <= res.upper
