@@ -141,10 +141,14 @@ def _composed_bound(net: Composition, method: str, norm: float, options: solver.
         elif isinstance(part, Activation):
             value = part.lipschitz * (1.0 if into_l2 == 2 else math.sqrt(part.size))
         else:
-            res = upper_bound(part, method, into_l2, options)
-            value = min(res.value, naive_bound(part, 2) * (1.0 if into_l2 == 2 else math.sqrt(part.n_inputs)))
-            steps += res.newton_steps
-            timed_out |= res.timed_out
+            # the l2 product of norms, times sqrt(n) from |x|_2 <= sqrt(n) |x|_inf (naive_bound's
+            # own l-inf value is l-inf -> l-inf, which cannot feed an l2 part)
+            value = naive_bound(part, 2) * (1.0 if into_l2 == 2 else math.sqrt(part.n_inputs))
+            if method != "naive":
+                res = upper_bound(part, method, into_l2, options)
+                value = min(res.value, value)
+                steps += res.newton_steps
+                timed_out |= res.timed_out
         total *= value
     return UpperBound(total, method, norm, total, None, time.monotonic() - begin, steps, math.nan, timed_out)
 

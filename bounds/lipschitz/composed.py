@@ -3,8 +3,8 @@
     f = part_k o ... o part_1,    Lip(f) <= prod_i Lip(part_i)
 
 Parts are Chains small enough for the SDP, StructuredAffine segments (convolutions on large
-images: Fourier norm bound, see structured.py) and activation layers too wide for the SDP
-standing alone (their slope bound). The extractor cuts a network this way only where it must:
+images: Fourier norm bound, see structured.py), activation layers too wide for the SDP
+standing alone (their slope bound) and max poolings (Pooling). The extractor cuts a network this way only where it must:
 a network whose segments all fit densely stays one Chain and gets one SDP.
 
 l-infinity (norm=inf): the first part is bounded l-inf -> l2 and every later part l2 -> l2,
@@ -21,6 +21,7 @@ import torch
 
 from bounds.lipschitz.chain import DTYPE, Activation, Chain
 from bounds.lipschitz.structured import StructuredAffine
+
 
 @dataclass(frozen=True)
 class Pooling:
@@ -101,8 +102,6 @@ class Composition:
             if isinstance(p, Chain):
                 return "sdp[" + ", ".join(a.describe() for a in p.activations) + "]" if p.activations else \
                     f"linear[{p.n_inputs}->{p.n_outputs}]"
-            if isinstance(p, StructuredAffine):
-                return p.describe()
             return p.describe()
         return f"{self.name}: {self.n_inputs} inputs -> " + " -> ".join(one(p) for p in self.parts) + \
             f" -> {self.n_outputs} outputs"

@@ -237,3 +237,18 @@ def test_max_pooling_is_its_own_part(kernel: int, stride: int, cover: int) -> No
         d = torch.randn(20, 64, dtype=torch.float64) * 1e-3
         q = quotient(lambda v: module(v.reshape(-1, 1, 8, 8)), x, x + d, norm)
         assert float(q.max()) <= res.upper and res.lower <= res.upper
+
+
+def test_naive_method_on_a_composition_is_sound_in_l_inf(monkeypatch) -> None:
+    """upper_bound(composition, "naive", inf) chains l-inf -> l2 into l2 parts, never an
+    l-inf -> l-inf value into an l2 part."""
+    module = _Net(size=6).double()
+    net = _composed(monkeypatch, module, (1, 2, 6, 6), limit=5_000)
+    value = upper_bound(net, "naive", math.inf).value
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(400, 72, generator=gen, dtype=torch.float64)
+    d = torch.sign(torch.randn(400, 72, generator=gen, dtype=torch.float64)) * 1e-3
+    f = lambda v: module(v.reshape(-1, 2, 6, 6))        # noqa: E731
+    with torch.no_grad():
+        l2_of_linf = (f(x + d) - f(x)).norm(dim=1) / d.abs().amax(1)
+    assert float(l2_of_linf.max()) <= value
