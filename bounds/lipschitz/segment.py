@@ -85,9 +85,28 @@ def dense_segment(graph: Graph, sources: list[str], targets: list[str]) -> tuple
     check = W @ probe[0] + b
     scale = float(torch.cat([ends.abs().flatten(), W.abs().max().reshape(1)]).max())
     if not torch.allclose(check, ends[1], rtol=1e-6, atol=1e-8 * (1 + scale)):
-        raise ChainError(f"the nodes between {sources[:2]} and {targets[:2]} are not affine "
-                         f"(unsupported operator between activations)")
+        culprit = _first_nonlinear(fn.order, set(sources))
+        raise ChainError(f"the nodes between {sources[:2]} and {targets[:2]} are not affine"
+                         + (f": {culprit.describe()} is not an activation Lipschitz bounds know "
+                            f"(slope-bounded elementwise, MaxMin / GroupSort, max pooling) and not linear"
+                            if culprit is not None else " (unsupported operator between activations)"))
     return W, b
+
+
+def _first_nonlinear(order: list[Node], sources: set[str]) -> Node | None:
+    """The first node that is neither linear in its variable inputs nor a constant."""
+    from bounds.ops import RULES
+    from bounds.ops.base import LinearRule
+
+    variable = set(sources)
+    for node in order:
+        if node.op in (INPUT, CONSTANT) or not any(i in variable for i in node.inputs):
+            continue
+        variable.add(node.name)
+        n_var = sum(i in variable for i in node.inputs)
+        if not isinstance(RULES.get(node.op), LinearRule) or (node.op in ("Mul", "Div", "MatMul") and n_var > 1):
+            return node
+    return None
 
 
 _ORDER_KEEPING = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "Dropout")

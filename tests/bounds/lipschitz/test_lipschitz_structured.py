@@ -252,3 +252,17 @@ def test_naive_method_on_a_composition_is_sound_in_l_inf(monkeypatch) -> None:
     with torch.no_grad():
         l2_of_linf = (f(x + d) - f(x)).norm(dim=1) / d.abs().amax(1)
     assert float(l2_of_linf.max()) <= value
+
+
+class _Gated(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Linear(4, 6), torch.nn.Linear(4, 6), torch.nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.relu(self.a(x) * self.b(x)))
+
+
+def test_a_non_affine_segment_names_its_operator() -> None:
+    with pytest.raises(ChainError, match=r"not affine: Mul .* not linear"):
+        network_from_graph(from_torch(_Gated(), (1, 4)))
