@@ -199,31 +199,33 @@ def dag_reduced_input_form(net: Dag, mult: Multipliers) -> tuple[torch.Tensor | 
     return (E + E.T) / 2, ""
 
 
+def input_form(net: Chain | Dag, mult: Multipliers, norm: float = 2) -> tuple[torch.Tensor | None, str]:
+    """The matrix the certificate reads: K with q(v) <= 0 iff rho I - K >= 0 (or
+    diag(gamma) - K >= 0); for l2 on a chain whose input is much wider than its first layer,
+    F F' (F from input_factor: same top eigenvalue as F'F >= K, no n0 x n0 matrix)."""
+    if isinstance(net, Dag):
+        return dag_reduced_input_form(net, mult)
+    if norm == 2 and net.n_inputs > 2 * net.weights[0].shape[0] + 64:
+        F, reason = input_factor(net, mult)
+        if F is not None:
+            return F @ F.T, ""
+        if reason != "group pieces in the first layer":
+            return None, reason
+    return reduced_input_form(net, mult)
+
+
 def certify(chain: Chain | Dag, mult: Multipliers, norm: float = 2) -> Certificate:
     """The Lipschitz constant the multipliers prove (l2 -> l2, or l-inf -> l2 for norm=inf)."""
-    if isinstance(chain, Dag):
-        K, reason = dag_reduced_input_form(chain, mult)
-    elif norm == 2 and chain.n_inputs > 2 * chain.weights[0].shape[0] + 64:
-        F, reason = input_factor(chain, mult)
-        if F is not None:                                 # rho = |F|^2 from the small side F F'
-            K = F @ F.T
-            rho = max(float(torch.linalg.eigvalsh(K)[-1]), 0.0)
-            rho = rho * (1 + ROUNDING_SLACK * (1 + F.shape[1] / 1000)) + ROUNDING_SLACK * float(K.abs().max()) + 1e-300
-            rho = _confirm(lambda r: r * torch.eye(K.shape[0], dtype=DTYPE) - K, rho)
-            return Certificate(math.sqrt(rho), rho)
-        if reason != "group pieces in the first layer":
-            return Certificate(math.inf, math.inf, reason)
-        K, reason = reduced_input_form(chain, mult)
-    else:
-        K, reason = reduced_input_form(chain, mult)
+    K, reason = input_form(chain, mult, norm)
     if K is None:
         return Certificate(math.inf, math.inf, reason)
     n = K.shape[0]
     eye = torch.eye(n, dtype=DTYPE)
+    # rounding in forming K: sums over up to n_inputs terms (F F' sums over the input)
+    margin = ROUNDING_SLACK * (1 + chain.n_inputs / 1000) * float(K.abs().max()) + 1e-300
     if norm == 2:
         rho = max(float(torch.linalg.eigvalsh(K)[-1]), 0.0)
-        rho = rho * (1 + ROUNDING_SLACK) + ROUNDING_SLACK * float(K.abs().max()) + 1e-300
-        rho = _confirm(lambda r: r * eye - K, rho)
+        rho = _confirm(lambda r: r * eye - K, rho * (1 + ROUNDING_SLACK) + margin)
         return Certificate(math.sqrt(rho), rho)
     if mult.gamma is None:
         raise ValueError("the l-infinity certificate needs gamma multipliers")
@@ -232,7 +234,7 @@ def certify(chain: Chain | Dag, mult: Multipliers, norm: float = 2) -> Certifica
         raise ValueError(f"gamma has {gamma.numel()} entries for {n} inputs")
     # the best uniform shift that makes diag(gamma) + shift I - K positive semidefinite
     shift = max(float(torch.linalg.eigvalsh(K - torch.diag(gamma))[-1]), 0.0)
-    shift = shift * (1 + ROUNDING_SLACK) + ROUNDING_SLACK * float(K.abs().max()) + 1e-300
+    shift = shift * (1 + ROUNDING_SLACK) + margin
     shift = _confirm(lambda s: torch.diag(gamma) + s * eye - K, shift)
     # |dy|^2 <= sum_k (gamma_k + shift) dx_k^2 <= sum_k max(gamma_k + shift, 0) |dx|_inf^2
     total = float((gamma + shift).clamp(min=0).sum())
@@ -248,5 +250,5 @@ def _confirm(matrix, value: float) -> float:
     raise ArithmeticError("the certificate's final Cholesky test keeps failing")
 
 
-__all__ = ["Multipliers", "Certificate", "certify", "qc_matrices", "reduced_input_form", "dag_reduced_input_form",
+__all__ = ["Multipliers", "Certificate", "certify", "input_form", "qc_matrices", "reduced_input_form", "dag_reduced_input_form",
            "ROUNDING_SLACK"]

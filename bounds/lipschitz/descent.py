@@ -16,8 +16,7 @@ import time
 
 import torch
 
-from bounds.lipschitz.certify import (Multipliers, certify, dag_reduced_input_form, input_factor,
-                                      reduced_input_form)
+from bounds.lipschitz.certify import Multipliers, certify, input_form
 from bounds.lipschitz.chain import DTYPE, Chain
 from bounds.lipschitz.dag import Dag
 
@@ -26,17 +25,9 @@ TINY = 1e-12
 
 
 def _objective(net: Chain | Dag, mult: Multipliers, norm: float) -> torch.Tensor | None:
-    """log of the value the multipliers certify (without the certificate's rounding margins);
+    """log of the value the multipliers certify (certify.py without its rounding margins);
     None where a Schur complement is not negative definite."""
-    if isinstance(net, Dag):
-        K, _ = dag_reduced_input_form(net, mult)
-    elif norm == 2 and net.n_inputs > 2 * net.weights[0].shape[0] + 64:
-        F, reason = input_factor(net, mult)
-        K = None if F is None else F @ F.T
-        if F is None and reason == "group pieces in the first layer":
-            K, _ = reduced_input_form(net, mult)
-    else:
-        K, _ = reduced_input_form(net, mult)
+    K, _ = input_form(net, mult, norm)
     if K is None:
         return None
     if norm == 2:

@@ -26,7 +26,7 @@ from bounds.lipschitz.chain import DTYPE, Activation, Chain, Piece
 from bounds.lipschitz.composed import Composition, Pooling, assemble_parts
 from bounds.lipschitz.dag import Dag
 from bounds.lipschitz.structured import StructuredAffine
-from bounds.lipschitz.segment import MAX_DENSE, ChainError, dense_segment, size, structured_segment
+from bounds.lipschitz.segment import MAX_DENSE, ChainError, dense_segment, evaluator, size, structured_segment
 
 #: slope bounds of the activations nnverify knows, when the rule does not say itself
 SLOPES = {"Relu": (0.0, 1.0), "Sigmoid": (0.0, 0.25), "Tanh": (0.0, 1.0),
@@ -157,7 +157,6 @@ def _pooling(graph: Graph, units, layer: list[int]) -> tuple[Pooling, list[str],
         raise ChainError(f"{units[layer[0]][3].describe()} shares its layer with other activations; "
                          f"max pooling must be a layer of its own")
     _, (src,), (out,), node = units[layer[0]]
-    from bounds.lipschitz.segment import evaluator
     return (Pooling(size(graph, [src]), size(graph, [out]), _max_cover(graph, node), evaluator(graph, [src], [out]),
                     node.op), [src], [out])
 
@@ -172,10 +171,8 @@ def _max_cover(graph: Graph, node: Node) -> int:
     n = len(kernel)
     out = graph[node.name].shape[-n:]
     index, valid = _window_index(list(shape[-n:]), list(out), kernel, strides, dil, pads, "cpu")
-    counts = torch.zeros(math.prod(shape[-n:]), dtype=torch.long)
-    for k in range(index.shape[0]):     # one window per output position: count each position once
-        counts.index_add_(0, index[k][valid[k]], torch.ones(int(valid[k].sum()), dtype=torch.long))
-    return max(int(counts.max()), 1)
+    # index[k, p]: the input at kernel offset k of window p; each (k, p) names a distinct pair
+    return max(int(torch.bincount(index[valid]).max()), 1) if bool(valid.any()) else 1
 
 
 def _activation(graph: Graph, units, layer: list[int]) -> tuple[Activation, list[str], list[str]]:

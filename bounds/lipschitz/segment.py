@@ -104,7 +104,8 @@ def _first_nonlinear(order: list[Node], sources: set[str]) -> Node | None:
             continue
         variable.add(node.name)
         n_var = sum(i in variable for i in node.inputs)
-        if not isinstance(RULES.get(node.op), LinearRule) or (node.op in ("Mul", "Div", "MatMul") and n_var > 1):
+        if not isinstance(RULES.get(node.op), LinearRule) or (node.op in ("Mul", "Div", "MatMul") and n_var > 1) \
+                or (node.op == "Div" and node.inputs[1] in variable):
             return node
     return None
 

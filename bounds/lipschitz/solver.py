@@ -36,7 +36,6 @@ class SolverOptions:
     tol: float = 1e-6             # relative duality gap at which the barrier loop stops
     t_factor: float = 10.0        # barrier parameter growth per stage
     max_newton: int = 60          # Newton steps per stage
-    max_uncentred: int | None = None  # stop after this many stages in a row that use all their Newton steps
     deadline: float | None = None  # time.monotonic() value; the best feasible point so far is returned
 
 
@@ -260,7 +259,6 @@ def solve(problem: Problem, y0: torch.Tensor, options: SolverOptions = SolverOpt
     iterates = [y.clone()]
     timed_out = False
     centred = True
-    uncentred_run = 0
     while True:
         stage_steps = 0
         stage_centred = False
@@ -291,7 +289,6 @@ def solve(problem: Problem, y0: torch.Tensor, options: SolverOptions = SolverOpt
             break
         stages += 1
         centred &= stage_centred
-        uncentred_run = 0 if stage_centred else uncentred_run + 1
         previous = obj
         obj = float(problem.cost @ y)
         gap = bar.m / t
@@ -300,8 +297,6 @@ def solve(problem: Problem, y0: torch.Tensor, options: SolverOptions = SolverOpt
         log.debug("stage %d: t=%.3g objective %.10g gap<=%.3g (%d Newton steps)", stages, t, obj, gap, steps)
         if gap <= options.tol * max(obj, 1e-300):
             break
-        if options.max_uncentred is not None and uncentred_run >= options.max_uncentred:
-            break            # the path is lost; the caller recovers (bound.py: certificate descent)
         # the objective converges geometrically along the path: stop once what is left
         # (extrapolated from the last decrease) is far below the tolerance
         if stages > 2 and 0 <= previous - obj <= 0.1 * options.tol * abs(obj):
