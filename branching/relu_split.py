@@ -184,6 +184,49 @@ def _solve_leaf(graph: Graph, problem: SpecTensors, domains: ReluDomains, i: int
     return "unsat", None
 
 
+def _covers(graph: Graph, intervals: dict[str, Interval]) -> bool:
+    """Whether `intervals` hold every variable value (a backward pass needs nothing else)."""
+    return all(n.name in intervals for n in graph.nodes if not n.is_constant)
+
+
+def _beta_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed: set[str],
+                beta_options: AlphaOptions, deadline):
+    """_bound_round for sub-problems that keep their case's intervals (clamped by the splits)
+    and carry their parent's parameters: the warm-started beta-CROWN search alone.
+
+    A plain CROWN pass first would re-derive intervals that cannot change and a bound that
+    the search's first step (from the parent's slopes) already beats.
+    """
+    n = len(batch)
+    inter = {k: apply_splits(v, batch.splits[k]) if k in batch.splits else v for k, v in batch.inter.items()}
+    infeasible = torch.zeros(n, dtype=torch.bool, device=problem.lower.device)
+    for name in relaxed:
+        iv = inter[name]
+        infeasible |= (iv.lower > iv.upper).reshape(n, -1).any(1)
+    if bool(infeasible.all()):
+        return None
+    idx = (~infeasible).nonzero().flatten()
+    if len(idx) < n:
+        inter = {k: Interval(v.lower[idx], v.upper[idx]) for k, v in inter.items()}
+    case = batch.case[idx]
+    C = problem.C[case].reshape(len(idx), problem.C.shape[1], *graph.output.shape)
+    start = init_alphas(graph, inter, C.shape[1])
+    start.update({k: v[idx].to(C.dtype) for k, v in batch.params.items()})
+    record: dict[str, torch.Tensor] = {}
+    lower, params = optimise_lower(graph, graph.outputs[0], C, inter, beta_options, alphas=start,
+                                   splits={k: v[idx] for k, v in batch.splits.items()}, deadline=deadline,
+                                   record=record)
+    margins = problem.margins(case, lower)
+    still = margins <= 0
+    if not bool(still.any()):
+        return None
+    keep = still.nonzero().flatten()
+    return (idx[keep], Interval(problem.lower[case[keep]], problem.upper[case[keep]]),
+            {k: Interval(v.lower[keep], v.upper[keep]) for k, v in inter.items()},
+            lower[keep], margins[keep], {k: v[keep].float() for k, v in params.items()},
+            {k: v[keep] for k, v in record.items()})
+
+
 def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed: set[str], order: dict[str, int],
                  options: BaBOptions, beta_options: AlphaOptions, deadline):
     """Bound a batch of sub-problems: CROWN first, then beta-CROWN on those still open.
@@ -193,6 +236,8 @@ def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed
     parameters, recorded output-bound coefficients), all restricted to the open ones.
     """
     device = problem.lower.device
+    if batch.params and not options.refine_intermediate and _covers(graph, batch.inter):
+        return _beta_round(graph, problem, batch, relaxed, beta_options, deadline)
     frozen = None
     if batch.inter and not options.refine_intermediate:
         frozen = set(batch.inter)
@@ -275,8 +320,10 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
               for pre, shape in sizes.items()}
     inter = {}
     if root_bounds is not None:
+        # every value's interval when they are shared per case (a round then needs no pass
+        # that re-derives the unsplit ones); only the split-sensitive ones when stored per domain
         inter = {k: Interval(v.lower.expand(K, *v.lower.shape[1:]).clone(), v.upper.expand(K, *v.upper.shape[1:]).clone())
-                 for k, v in root_bounds.items() if k in relaxed}
+                 for k, v in root_bounds.items() if k in relaxed or not options.refine_intermediate}
     warm = {}
     if root_alphas:
         R = problem.C.shape[1]
@@ -286,7 +333,10 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     # intervals clamped by its splits, which each round re-applies: stored once per case, not
     # per sub-problem (most of a sub-problem's memory on conv nets)
     shared = {} if options.refine_intermediate else inter
-    domains: DomainQueue[ReluDomains] = new_queue(ReluDomains.from_fields, device, options)
+    # zeros are valid multipliers, so a batch that lacks some layer's betas (no split there
+    # yet) gets zeros instead of every waiting sub-problem losing its warm start
+    domains: DomainQueue[ReluDomains] = new_queue(ReluDomains.from_fields, device, options,
+                                                  zero_fill=lambda name: name.startswith("param/beta:"))
     domains.push(ReluDomains(torch.arange(K, device=device), torch.full((K,), -torch.inf, device=device),
                              torch.zeros(K, dtype=torch.long, device=device), splits,
                              {} if shared else inter, None, warm))

@@ -65,8 +65,11 @@ def test_input_split_bab_agrees_with_milp(seed: int) -> None:
         assert spec.is_violated_by(x, y)
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "root-bounds"])
 @pytest.mark.parametrize("seed", range(30))
-def test_relu_split_bab_agrees_with_milp(seed: int) -> None:
+def test_relu_split_bab_agrees_with_milp(seed: int, warm: bool) -> None:
+    """`root-bounds`: started as the verifier starts it, from alpha-CROWN's intervals and
+    slopes, so that rounds keep the case's intervals and run the warm beta search alone."""
     from branching.relu_split import relu_split_bab
 
     graph = random_mlp(100 + seed, width=8, depth=3, n_in=4, n_out=3, acts=["Relu"])
@@ -75,7 +78,15 @@ def test_relu_split_bab_agrees_with_milp(seed: int) -> None:
     if abs(best) < 1e-4:
         pytest.skip("borderline: the MILP optimum is within solver tolerance of 0")
     problem = SpecTensors.from_spec(spec, graph.input.shape)
-    outcome = relu_split_bab(graph, problem, _Deadline(30))
+    root, alphas = None, None
+    if warm:
+        from bounds.alpha import AlphaOptions, optimise_all
+        from bounds.types import Interval
+
+        alphas = {}
+        _, root = optimise_all(graph, Interval(problem.lower, problem.upper), problem.C,
+                               AlphaOptions(iterations=5, stop_above=None), final_alphas=alphas)
+    outcome = relu_split_bab(graph, problem, _Deadline(30), root_bounds=root, root_alphas=alphas)
     if exact == "sat" and outcome.status == "unknown":
         return  # neuron splitting alone need not find a counterexample; it must never say unsat
     assert outcome.status == exact, f"ReLU BaB says {outcome.status}, MILP says {exact} (t*={best})"
