@@ -162,7 +162,8 @@ def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
                         bounds: dict[str, Interval] | None = None,
                         prior: dict[str, Interval] | None = None,
                         splits: dict[str, torch.Tensor] | None = None,
-                        frozen: set[str] | None = None, grad: bool = False) -> dict[str, Interval]:
+                        frozen: set[str] | None = None, grad: bool = False,
+                        deadline=None) -> dict[str, Interval]:
     """Intervals for every value; inputs of nonlinear ops tightened by CROWN when asked.
 
     `prior` holds intervals known to be valid already (e.g. a parent sub-problem's, whose
@@ -172,6 +173,8 @@ def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
     intervals are clamped accordingly. Nodes in `frozen` keep their prior without CROWN (the
     caller knows nothing upstream of them changed). `grad=True` keeps the autograd graph
     (certified training: the intervals are differentiated w.r.t. the graph's constants).
+    Once `deadline` (anything with .expired()) has passed, the remaining values keep their
+    interval-arithmetic bounds: looser but sound, and the call returns within one layer.
     """
     users = graph.consumers()
     relaxed = pre_activation_nodes(graph)
@@ -182,6 +185,8 @@ def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
         if splits is not None and node.name in splits:
             interval = apply_splits(interval, splits[node.name])
         if method != "crown" or node.name not in relaxed or (frozen is not None and node.name in frozen):
+            return interval
+        if deadline is not None and deadline.expired():
             return interval
         mask = _refine_mask(interval, users[node.name], graph)
         if not bool(mask.any()):
@@ -200,16 +205,17 @@ def spec_lower_bounds(graph: Graph, box: Interval, C: torch.Tensor, method: str 
                       record: dict[str, torch.Tensor] | None = None,
                       prior: dict[str, Interval] | None = None,
                       splits: dict[str, torch.Tensor] | None = None,
-                      frozen: set[str] | None = None, grad: bool = False) -> torch.Tensor:
+                      frozen: set[str] | None = None, grad: bool = False, deadline=None) -> torch.Tensor:
     """Lower bounds of C·y over the box; C (B, S, n_outputs) over the flattened first output.
 
     A `bounds` dict passed in is filled with every intermediate interval (callers keep them
     as `prior` for sub-problems of this box). `grad=True`: differentiable (certified training).
+    `deadline`: see intermediate_bounds.
     """
     out = graph.outputs[0]
     shape = graph[out].shape
     with _grad_mode(grad):
-        bounds = intermediate_bounds(graph, box, method, bounds, prior, splits, frozen, grad=grad)
+        bounds = intermediate_bounds(graph, box, method, bounds, prior, splits, frozen, grad=grad, deadline=deadline)
         C = C.reshape(C.shape[0], C.shape[1], *shape)
         if method == "ibp":
             return concretize_lower(C, bounds[out])

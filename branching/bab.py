@@ -199,7 +199,8 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
         computed: dict[str, Interval] = {}
         try:
             lower = spec_lower_bounds(graph, Interval(batch.lower, batch.upper), problem.C[batch.case], "crown",
-                                      bounds=computed, record=coeffs, prior=batch.inter or None)
+                                      bounds=computed, record=coeffs, prior=batch.inter or None,
+                                      deadline=deadline)
         except (RuntimeError, MemoryError) as exc:
             batch_size = requeue_smaller(exc, batch_size, domains, batch, device)
             continue

@@ -226,7 +226,7 @@ def _bound_batch(graph: Graph, problem: SpecTensors, batch: GeneralDomains, rela
         first = int(batch.newest.min())
         frozen = {name for name in batch.inter if order[name] <= first}
     box = Interval(problem.lower[batch.case], problem.upper[batch.case])
-    bounds = intermediate_bounds(graph, box, "crown", prior=batch.inter, frozen=frozen)
+    bounds = intermediate_bounds(graph, box, "crown", prior=batch.inter, frozen=frozen, deadline=deadline)
     n = len(batch)
     empty = torch.zeros(n, dtype=torch.bool, device=box.lower.device)
     for name in relaxed:

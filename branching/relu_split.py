@@ -248,7 +248,7 @@ def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed
     box = Interval(problem.lower[batch.case], problem.upper[batch.case])
     C = problem.C[batch.case]
     lower = spec_lower_bounds(graph, box, C, "crown", bounds=computed,
-                              prior=batch.inter or None, splits=batch.splits, frozen=frozen)
+                              prior=batch.inter or None, splits=batch.splits, frozen=frozen, deadline=deadline)
     infeasible = torch.zeros(len(batch), dtype=torch.bool, device=device)
     for name in relaxed:
         iv = computed[name]

@@ -67,6 +67,31 @@ def test_crown_is_tighter_than_ibp_on_deeper_relu_nets() -> None:
     assert (crown >= ibp - 1e-6).all() and (crown > ibp + 1e-3).any()
 
 
+class _Expired:
+    def expired(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_passed_deadline_keeps_interval_bounds_and_stays_sound(seed: int) -> None:
+    """Past the deadline no CROWN pass refines an intermediate value: the intervals are
+    interval arithmetic's (IBP), the output bound is still a valid CROWN bound over them."""
+    from bounds.crown import intermediate_bounds
+
+    graph = random_mlp(40 + seed, width=12, depth=3, acts=["Relu"])
+    box = _box(graph, seed, batch=2, radius=0.5)
+    late = intermediate_bounds(graph, box, "crown", deadline=_Expired())
+    ibp = intermediate_bounds(graph, box, "ibp")
+    crown = intermediate_bounds(graph, box, "crown")
+    for name, iv in late.items():
+        assert torch.equal(iv.lower, ibp[name].lower) and torch.equal(iv.upper, ibp[name].upper)
+    assert any(bool((crown[n].upper < late[n].upper - 1e-6).any()) for n in late)
+    C = torch.eye(3).expand(2, 3, 3)
+    lower = spec_lower_bounds(graph, box, C, "crown", deadline=_Expired())
+    ys = run(graph, _samples(box, 300, seed).reshape(-1, *graph.input.shape)).reshape(300, 2, 3)
+    assert (ys >= lower.unsqueeze(0) - 1e-5).all()
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_crown_exact_on_linear_networks(seed: int) -> None:
     graph = random_mlp(seed, acts=["Identity"], depth=3)
