@@ -7,6 +7,8 @@ minimises t subject to C_i·y - d_i <= t: the polytope is reachable iff the opti
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import highspy
@@ -282,6 +284,12 @@ def milp_encodable(graph: Graph) -> bool:
         if not isinstance(rule, LinearRule) or rule.needs_bounds(node, [graph[n].is_constant for n in node.inputs]):
             return False
     return True
+
+
+def relu_count(graph: Graph) -> int:
+    """ReLU-like neurons of the network (elements of their inputs)."""
+    return sum(math.prod(graph[node.inputs[0]].shape) for node in graph.nodes
+               if isinstance(RULES.get(node.op), (Relu, LeakyRelu)))
 
 
 def unstable_relus(graph: Graph, bounds: dict[str, Interval]) -> int:

@@ -10,7 +10,9 @@ between (`retighten`) so that fewer neurons of the next layer remain unstable.
 """
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,6 +36,17 @@ class RefineOptions:
     per_solve: float = 1.0
     #: at most this many variables times encoded values in the dense encoding (memory guard)
     max_encoding: int = 40_000_000
+    #: HiGHS models solving one layer's neurons at once, each in its own thread (HiGHS
+    #: releases the GIL while it solves); 0: one per CPU core this process may use
+    workers: int = 0
+
+    def thread_count(self) -> int:
+        if self.workers > 0:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):
+            return max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -50,6 +63,45 @@ def _order(lower: torch.Tensor, upper: torch.Tensor, idx: torch.Tensor) -> list[
     """Unstable neurons, the widest triangle relaxation (-l·u / (u - l)) first."""
     gap = -lower[idx] * upper[idx] / (upper[idx] - lower[idx])
     return idx[torch.argsort(gap, descending=True)].tolist()
+
+
+@dataclass
+class _Proven:
+    bounds: dict[int, tuple[float, float]]    # neuron -> (lower, upper) proven, slack included
+    solves: int = 0
+
+
+def _solve_share(enc, M: torch.Tensor, c: torch.Tensor, neurons: list[int], per_solve: float, deadline) -> _Proven:
+    """Minimise and maximise each neuron's pre-activation over the encoded prefix with one
+    HiGHS model; HiGHS's proven dual bound after the time limit bounds it either way."""
+    model = new_model(enc.lbs, enc.ubs, enc.integer, enc.rows, per_solve, presolve=False)
+    n_vars = len(enc.lbs)
+    columns = np.arange(n_vars, dtype=np.int32)
+    out = _Proven({})
+    for j in neurons:
+        ends = [-np.inf, np.inf]
+        for side, sign in enumerate((1.0, -1.0)):  # minimise z_j, then maximise it
+            if deadline.expired():
+                out.bounds[j] = (ends[0], ends[1])
+                return out
+            model.setOptionValue("time_limit", float(min(per_solve, max(deadline.remaining(), 0.01))))
+            model.changeColsCost(n_vars, columns, sign * M[j].numpy())
+            model.clearSolver()
+            model.run()
+            out.solves += 1
+            status = model.getModelStatus()
+            info = model.getInfo()
+            if status == highspy.HighsModelStatus.kInfeasible:
+                continue  # no input reaches this prefix: any bound holds; keep ours
+            proven = info.mip_dual_bound if enc.integer else (
+                info.objective_function_value if status == highspy.HighsModelStatus.kOptimal else -np.inf)
+            if not np.isfinite(proven):
+                continue
+            value = sign * proven + float(c[j])      # a bound on z_j (lower if sign > 0)
+            slack = REFINE_SLACK * (1.0 + abs(value))
+            ends[side] = value - slack if sign > 0 else value + slack
+        out.bounds[j] = (ends[0], ends[1])
+    return out
 
 
 def refine_intervals(graph64: Graph, box: Interval, bounds: dict[str, Interval], deadline,
@@ -82,38 +134,26 @@ def refine_intervals(graph64: Graph, box: Interval, bounds: dict[str, Interval],
             break
         enc = encode(graph64, box.lower.double(), box.upper.double(), bounds, until=name)
         M, c = enc.affine(name)
-        n_vars = len(enc.lbs)
-        columns = np.arange(n_vars, dtype=np.int32)
-        # without presolve: HiGHS's MIP presolve has known wrong-bound reductions (see milp.MILP_SLACK)
-        model = new_model(enc.lbs, enc.ubs, enc.integer, enc.rows, options.per_solve, presolve=False)
         report.layers += 1
-        for j in _order(lower, upper, unstable):
-            for sign in (1.0, -1.0):  # minimise z_j, then maximise it
-                if deadline.expired():
-                    break
-                model.setOptionValue("time_limit", float(min(options.per_solve, max(deadline.remaining(), 0.01))))
-                model.changeColsCost(n_vars, columns, sign * M[j].numpy())
-                model.clearSolver()
-                model.run()
-                report.solves += 1
-                status = model.getModelStatus()
-                info = model.getInfo()
-                if status == highspy.HighsModelStatus.kInfeasible:
-                    continue  # no input reaches this prefix: any bound holds; keep ours
-                proven = info.mip_dual_bound if enc.integer else (
-                    info.objective_function_value if status == highspy.HighsModelStatus.kOptimal else -np.inf)
-                if not np.isfinite(proven):
-                    continue
-                value = sign * proven + float(c[j])      # a bound on z_j (lower if sign > 0)
-                slack = REFINE_SLACK * (1.0 + abs(value))
-                if sign > 0 and value - slack > lower[j]:
-                    lower[j] = value - slack
+        neurons = _order(lower, upper, unstable)
+        threads = min(options.thread_count(), len(neurons))
+        # neurons dealt round-robin (the widest first in every share), each share solved in
+        # order by its own model: without presolve, since HiGHS's MIP presolve has known
+        # wrong-bound reductions (see milp.MILP_SLACK)
+        shares = [neurons[t::threads] for t in range(threads)]
+        with ThreadPoolExecutor(threads) as pool:
+            found = list(pool.map(lambda share: _solve_share(enc, M, c, share, options.per_solve, deadline), shares))
+        for proven in found:
+            report.solves += proven.solves
+            for j, (low, up) in proven.bounds.items():
+                if low > lower[j]:
+                    lower[j] = low
                     report.tightened += 1
-                elif sign < 0 and value + slack < upper[j]:
-                    upper[j] = value + slack
+                if up < upper[j]:
+                    upper[j] = up
                     report.tightened += 1
-            if lower[j] >= 0 or upper[j] <= 0:
-                report.stabilised += 1
+                if lower[j] >= 0 or upper[j] <= 0:
+                    report.stabilised += 1
         bounds[name] = Interval(lower.reshape(iv.lower.shape).to(iv.lower.dtype),
                                 upper.reshape(iv.upper.shape).to(iv.upper.dtype))
         if retighten is not None and position < len(order) - 1 and not deadline.expired():

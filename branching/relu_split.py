@@ -122,6 +122,40 @@ def _with_split(splits: dict[str, torch.Tensor], best: torch.Tensor, sign: int, 
     return new_splits, newest
 
 
+def _child_betas(params: dict[str, torch.Tensor], record: dict[str, torch.Tensor], best: torch.Tensor,
+                 sign: int, layers, offsets: dict[str, int]) -> dict[str, torch.Tensor]:
+    """The parent's parameters with the new split's multiplier set so that the child starts
+    where its parent ended rather than below it.
+
+    Fixing a neuron's sign makes its relaxation exact (y = x, or y = 0), but the backward pass
+    still lets x take either sign over the box, so with a zero multiplier the child's bound can
+    drop below its parent's. Where the parent's bound used the lower line y >= alpha x (its
+    output coefficient a > 0), beta = a (1 - alpha) on the active side and beta = a alpha on
+    the inactive side give x exactly the parent's coefficient a alpha: everything upstream of
+    it, hence the bound, is the parent's again. Any beta >= 0 is sound; this only starts the
+    search better.
+    """
+    out = dict(params)
+    for relu, pre in layers:
+        key = f"beta:{pre}"
+        A, alpha = record.get(relu), params.get(relu)
+        if A is None or alpha is None:
+            continue
+        off = offsets[pre]
+        width = A[0, 0].numel()
+        rows = ((best >= off) & (best < off + width)).nonzero().flatten()
+        if len(rows) == 0:
+            continue
+        j = best[rows] - off
+        a = A.reshape(A.shape[0], A.shape[1], -1)[rows, :, j].to(alpha.dtype).clamp(min=0)
+        slope = alpha.reshape(alpha.shape[0], alpha.shape[1], -1)[rows, :, j].to(a.dtype)
+        beta = (params[key].clone() if key in params
+                else alpha.new_zeros(alpha.shape[0], alpha.shape[1], width))
+        beta[rows, :, j] = a * (1 - slope) if sign > 0 else a * slope
+        out[key] = beta
+    return out
+
+
 def _fsb_choice(graph: Graph, problem: SpecTensors, kept: ReluDomains, bounds: dict[str, Interval],
                 scores: torch.Tensor, layers,
                 offsets: dict[str, int], order: dict[str, int], k: int, reduce: str = "min") -> torch.Tensor:
@@ -182,6 +216,16 @@ def _solve_leaf(graph: Graph, problem: SpecTensors, domains: ReluDomains, i: int
         if res.lower is None or not res.lower > MILP_SLACK:
             return "unknown", None
     return "unsat", None
+
+
+def _tighten_shared(shared: dict[str, Interval], tighter: dict[str, Interval]) -> None:
+    """Intersect every case's stored intervals with `tighter` (valid on the common box)."""
+    for name, iv in tighter.items():
+        if name in shared:
+            old = shared[name]
+            low = iv.lower.to(old.lower.dtype).expand_as(old.lower)
+            up = iv.upper.to(old.upper.dtype).expand_as(old.upper)
+            shared[name] = Interval(torch.maximum(old.lower, low), torch.minimum(old.upper, up))
 
 
 def _covers(graph: Graph, intervals: dict[str, Interval]) -> bool:
@@ -289,7 +333,8 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
                    progress: Callable[[BaBOutcome, int], None] | None = None,
                    root_bounds: dict[str, Interval] | None = None,
                    root_alphas: dict[str, torch.Tensor] | None = None,
-                   falsify: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int] | None] | None = None
+                   falsify: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int] | None] | None = None,
+                   tighten: Callable[[dict[str, Interval]], dict[str, Interval]] | None = None
                    ) -> BaBOutcome:
     """Decide the spec by splitting unstable ReLUs until every sub-problem is refuted.
 
@@ -301,6 +346,10 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     `falsify(points, cases)`, called every `options.falsify_every` seconds with the input
     points that minimise the worst open sub-problems' deciding rows, may return a violating
     (x, case) found around them (e.g. by PGD); the search then stops with `sat`.
+    `tighten(intervals)`, given the intervals of the (single) input box, returns intervals
+    valid on that box (e.g. by MILP); it is called once, after options.milp_refine_after of
+    the time left, and only when every sub-problem shares its case's intervals and all
+    cases have the same box.
     """
     start = time.perf_counter()
     device = problem.lower.device
@@ -350,6 +399,11 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     rows = problem.C.shape[1]
     batch_size = memory_batch_size(graph, rows, problem.C.dtype, device, max(1, options.batch_size // rows))
     beta_options = AlphaOptions(iterations=options.beta_iterations, lr=0.05, stop_above=None)
+    tighten_at = None
+    if (tighten is not None and shared and options.milp_refine_after is not None
+            and bool((problem.lower == problem.lower[:1]).all() and (problem.upper == problem.upper[:1]).all())):
+        remaining = deadline.remaining() if hasattr(deadline, "remaining") else 0.0
+        tighten_at = time.perf_counter() + options.milp_refine_after * remaining
     last_round = 0.0
     last_attack = time.perf_counter()
     use_fsb = options.branching == "fsb"
@@ -357,6 +411,11 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     while len(domains):
         if stop_reason(outcome, deadline, domains, options, last_round):
             break
+        if tighten_at is not None and time.perf_counter() >= tighten_at:
+            tighten_at = None
+            _tighten_shared(shared, tighten({k: Interval(v.lower[:1], v.upper[:1]) for k, v in shared.items()}))
+            if stop_reason(outcome, deadline, domains, options):
+                break
         round_start = time.perf_counter()
         batch = domains.pop_worst(batch_size)
         if shared:
@@ -418,6 +477,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
                 break
             rest = (~leaves).nonzero().flatten()
             kept, scores, idx = kept.take(rest), scores[rest], idx[rest]
+            record = {k: v[rest] for k, v in record.items()}
             sub_bounds = {k: Interval(v.lower[rest], v.upper[rest]) for k, v in sub_bounds.items()}
             if len(rest) == 0:
                 continue
@@ -436,7 +496,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
             new_splits, newest = _with_split(kept.splits, best, sign, layers, offsets, order)
             children.append(ReluDomains(kept.case, kept.score, kept.depth + 1, new_splits,
                                         {} if shared else kept.inter, newest,
-                                        kept.params))
+                                        _child_betas(kept.params, record, best, sign, layers, offsets)))
         for child in children:
             domains.push(child)
         if len(domains):  # the worst open sub-problem anywhere, not just in this batch

@@ -25,7 +25,7 @@ import torch
 from bounds.crown import spec_lower_bounds
 from bounds.graph.interpret import run as run_graph
 from branching.bab import BaBOutcome, input_split_bab, is_out_of_memory
-from branching.milp import exact_search, milp_encodable, unstable_relus
+from branching.milp import exact_search, milp_encodable, relu_count, unstable_relus
 from branching.milp_refine import RefineOptions, refine_intervals
 from branching.general_split import general_split_bab
 from branching.relu_split import relu_split_bab
@@ -514,39 +514,70 @@ class _Run:
             raise _Timeout("the exact MILP")
         return None
 
-    def refine_root(self, graph: Graph, problem: SpecTensors, lower: torch.Tensor, root: dict[str, Interval],
-                    root_alphas: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Interval], dict]:
-        """Tighten the root intervals by MILP (one box, ReLU nets), then alpha-CROWN again over
-        them; the old results when this does not apply."""
-        if problem.n_cases != 1 or not milp_encodable(graph):
-            return lower, root, root_alphas
+    def milp_tighten(self, graph: Graph, problem: SpecTensors, root: dict[str, Interval],
+                     budget: Deadline) -> tuple[dict[str, Interval], torch.Tensor, dict[str, torch.Tensor]]:
+        """Tighten intervals valid on the (one) box by time-limited MILPs, layer by layer,
+        then alpha-CROWN over them: (intervals of every value, lower bounds of the spec rows,
+        the output bound's slopes)."""
         t = time.monotonic()
         g64 = graph_to(graph, "cpu", torch.float64)
-        box = Interval(problem.lower.cpu().double(), problem.upper.cpu().double())
-        options = self.options.bab
-        C64 = problem.C.cpu().double()
-        budget = self.deadline.within(options.milp_refine_share * self.deadline.remaining())
+        box = Interval(problem.lower[:1].cpu().double(), problem.upper[:1].cpu().double())
+        C64 = problem.C[:1].cpu().double()
 
         def retighten(bounds: dict[str, Interval]) -> dict[str, Interval]:
             # the next layer's MILPs only need its still-unstable neurons
             return optimise_all(g64, box, C64, self.options.alpha, budget, initial=(bounds, 0.0))[1]
 
         refined, report = refine_intervals(
-            g64, box, {k: Interval(v.lower.cpu().double(), v.upper.cpu().double()) for k, v in root.items()},
-            budget, RefineOptions(per_solve=options.milp_refine_per_solve), retighten)
+            g64, box, {k: Interval(v.lower[:1].cpu().double(), v.upper[:1].cpu().double()) for k, v in root.items()},
+            budget, RefineOptions(per_solve=self.options.bab.milp_refine_per_solve), retighten)
         back = {k: Interval(v.lower.to(self.device, self.bound_dtype), v.upper.to(self.device, self.bound_dtype))
                 for k, v in refined.items()}
         alphas: dict[str, torch.Tensor] = {}
-        new_lower, new_root = optimise_all(graph, Interval(problem.lower, problem.upper), problem.C,
-                                           self.options.alpha, self.deadline.within(0.25 * self.deadline.remaining()),
-                                           final_alphas=alphas, initial=(back, 0.0))
+        lower, new_root = optimise_all(graph, Interval(problem.lower[:1], problem.upper[:1]), problem.C[:1],
+                                       self.options.alpha, self.deadline.within(0.25 * self.deadline.remaining()),
+                                       final_alphas=alphas, initial=(back, 0.0))
         self.timed("milp-refine", t)
         self.details["milp_refine"] = {"solves": report.solves, "tightened": report.tightened,
                                        "stabilised": report.stabilised, "layers": report.layers,
-                                       "seconds": round(report.seconds, 3), "lower_before": float(lower.min()),
-                                       "lower_after": float(torch.maximum(lower, new_lower).min())}
+                                       "seconds": round(report.seconds, 3), "lower_after": float(lower.min())}
+        return new_root, lower, alphas
+
+    def refine_root(self, graph: Graph, problem: SpecTensors, lower: torch.Tensor, root: dict[str, Interval],
+                    root_alphas: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Interval], dict]:
+        """Tighten the root intervals by MILP (one box, ReLU nets), then alpha-CROWN again over
+        them; the old results when this does not apply."""
+        if problem.n_cases != 1 or not milp_encodable(graph):
+            return lower, root, root_alphas
+        budget = self.deadline.within(self.options.bab.milp_refine_share * self.deadline.remaining())
+        new_root, new_lower, alphas = self.milp_tighten(graph, problem, root, budget)
+        self.details["milp_refine"]["lower_before"] = float(lower.min())
         # both runs are valid: keep the better bound per row (the new slopes go with the new run)
         return torch.maximum(lower, new_lower), new_root, alphas
+
+    def late_tightening(self, graph: Graph, problem: SpecTensors):
+        """The MILP tightening that ReLU branch and bound calls once its first phase has not
+        decided the spec (see BaBOptions.milp_refine_after), or None where it does not apply:
+        several input boxes, a network MILP cannot encode or with more ReLUs than
+        BaBOptions.milp_refine_max_relus, or too little time left for it to pay."""
+        options = self.options.bab
+        if (options.milp_refine_after is None or problem.n_cases != 1 or not milp_encodable(graph)
+                or relu_count(graph) > options.milp_refine_max_relus
+                or self.deadline.remaining() < options.milp_refine_min_seconds):
+            return None
+
+        def tighten(intervals: dict[str, Interval]) -> dict[str, Interval]:
+            budget = self.deadline.within(options.milp_refine_late_share * self.deadline.remaining())
+            progress_log.info("branch and bound: tightening the intervals by MILP for up to %.0f s",
+                              budget.remaining())
+            tighter, lower, _ = self.milp_tighten(graph, problem, intervals, budget)
+            report = self.details["milp_refine"]
+            progress_log.info("branch and bound: MILP tightened %d bounds (%d neurons now stable) in %.1f s; "
+                              "alpha-CROWN over them: worst row %.4g", report["tightened"], report["stabilised"],
+                              report["seconds"], float(lower.min()))
+            return tighter
+
+        return tighten
 
     def branch_and_bound(self) -> Result | None:
         """Input-splitting BaB over every case; a verdict, or None (then `unknown`)."""
@@ -598,7 +629,8 @@ class _Run:
                 if exact is not None:
                     return exact
                 outcome = relu_split_bab(graph, problem, self.deadline, self.options.bab, progress, root,
-                                         root_alphas, falsify=self.falsify_from)
+                                         root_alphas, falsify=self.falsify_from,
+                                         tighten=self.late_tightening(graph, problem))
         self.details["bab"] = {"kind": kind, "visited": outcome.visited, "max_depth": outcome.max_depth,
                                "seconds": round(outcome.elapsed, 3)}
         if outcome.status == "unsat":

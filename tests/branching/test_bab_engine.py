@@ -147,3 +147,42 @@ def test_split_candidates_are_rated_by_the_worse_or_the_better_child() -> None:
     assert rate_children(margins, "max", 1).tolist() == [0.0, -0.5]   # a refuted child counts as 0
     with pytest.raises(ValueError, match="fsb_reduce"):
         BaBOptions(fsb_reduce="mean")
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_child_multiplier_start_is_at_least_the_parent_bound(seed: int) -> None:
+    """_child_betas: with the parent's slopes and the new split's multiplier it sets, each
+    child's bound (the split neuron clamped, every other interval the parent's) is at least
+    the parent's bound, so a split never starts a sub-problem below its parent."""
+    from bounds.alpha import bound_with, optimise_lower
+    from bounds.crown import apply_splits
+
+    from bounds.crown import intermediate_bounds
+    from bounds.graph.ir import graph_to
+
+    graph = graph_to(random_mlp(500 + seed, width=10, depth=3, n_in=4, n_out=3, acts=["Relu"]), "cpu", torch.float64)
+    box = Interval(-torch.ones(1, *graph.input.shape, dtype=torch.float64),
+                   torch.ones(1, *graph.input.shape, dtype=torch.float64))
+    bounds = intermediate_bounds(graph, box, "crown")
+    C = torch.randn(1, 1, *graph.output.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    layers = relu_split._relu_layers(graph)
+    splits = {pre: torch.zeros(1, bounds[pre].lower[0].numel(), dtype=torch.int8) for _, pre in layers}
+    record: dict[str, torch.Tensor] = {}
+    parent, params = optimise_lower(graph, graph.outputs[0], C, bounds, AlphaOptions(iterations=10, stop_above=None),
+                                    splits=splits, record=record)
+    offsets, total = {}, 0
+    for _, pre in layers:
+        offsets[pre] = total
+        total += splits[pre].shape[1]
+    unstable = torch.cat([((bounds[pre].lower < 0) & (bounds[pre].upper > 0)).reshape(1, -1) for _, pre in layers], 1)
+    candidates = unstable[0].nonzero().flatten()
+    if len(candidates) == 0:
+        pytest.skip("no unstable neuron")
+    for best in candidates[:6]:
+        for sign in (1, -1):
+            child_splits, _ = relu_split._with_split(splits, best.reshape(1), sign, layers, offsets,
+                                                     {n.name: i for i, n in enumerate(graph.nodes)})
+            inter = {k: apply_splits(v, child_splits[k]) if k in child_splits else v for k, v in bounds.items()}
+            start = relu_split._child_betas(params, record, best.reshape(1), sign, layers, offsets)
+            child = bound_with(graph, graph.outputs[0], C, inter, start, child_splits)
+            assert float(child.min()) >= float(parent.min()) - 1e-9 * (1 + abs(float(parent.min())))

@@ -40,3 +40,17 @@ def test_refined_intervals_contain_samples_and_never_widen() -> None:
             assert bool((v >= new.lower.reshape(1, -1) - 1e-9).all() and (v <= new.upper.reshape(1, -1) + 1e-9).all())
             tightened += int(((new.upper - new.lower) < (old.upper - old.lower) - 1e-6).sum())
     assert tightened > 0
+
+
+def test_threads_prove_the_same_intervals_as_one() -> None:
+    """Neurons solved by two HiGHS models in parallel threads: the same optima (solved to
+    optimality here) as one model solving them in turn."""
+    graph = graph_to(from_torch(_net(3), (1, 4)), "cpu", torch.float64)
+    box = Interval(-torch.ones(1, 1, 4, dtype=torch.float64), torch.ones(1, 1, 4, dtype=torch.float64))
+    _, alpha = optimise_all(graph, box, torch.eye(3, dtype=torch.float64).unsqueeze(0), AlphaOptions(iterations=20))
+    one, r1 = refine_intervals(graph, box, alpha, Deadline(math.inf), RefineOptions(per_solve=5.0, workers=1))
+    two, r2 = refine_intervals(graph, box, alpha, Deadline(math.inf), RefineOptions(per_solve=5.0, workers=2))
+    assert r1.solves == r2.solves > 0 and r1.tightened == r2.tightened
+    for name in one:
+        assert torch.allclose(one[name].lower, two[name].lower, atol=1e-7)
+        assert torch.allclose(one[name].upper, two[name].upper, atol=1e-7)
