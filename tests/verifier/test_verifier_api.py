@@ -228,3 +228,20 @@ def test_milp_refined_root_tightens_and_keeps_the_verdict(tmp_path):
             refine = res.details["milp_refine"]
             assert refine["solves"] > 0 and refine["lower_after"] > refine["lower_before"]
     assert verdicts[0.0] is verdicts[0.2] is Outcome.UNSAT
+
+
+def test_late_milp_tightening_inside_branch_and_bound_keeps_the_verdict(tmp_path):
+    import onnxruntime as ort
+
+    from branching.bab import BaBOptions
+
+    model = F.write_wide_net(tmp_path / "mlp.onnx", n_in=30, width=24, depth=3, seed=3)
+    sess = ort.InferenceSession(str(model))
+    y0 = sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 30), np.float32)})[0].reshape(-1)
+    top, second = np.argsort(-y0)[:2]
+    spec = tmp_path / "robust.vnnlib"
+    spec.write_text(F.declarations(30, 10) + F.box([-0.05] * 30, [0.05] * 30) + f"(assert (>= Y_{second} Y_{top}))\n")
+    res = verify(model, spec, options=VerifyOptions(timeout=30, bab=BaBOptions(
+        milp_refine_after=0.0, milp_refine_min_seconds=0.0, milp_refine_per_solve=0.2, milp_max_unstable=0)))
+    assert res.outcome is Outcome.UNSAT
+    assert res.details["milp_refine"]["solves"] > 0  # the search ran and tightened once
