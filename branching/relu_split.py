@@ -252,21 +252,36 @@ def _beta_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed:
     idx = (~infeasible).nonzero().flatten()
     if len(idx) < n:
         inter = {k: Interval(v.lower[idx], v.upper[idx]) for k, v in inter.items()}
+    return _search_open(graph, problem, batch, idx, inter, beta_options, deadline)
+
+
+def _search_open(graph: Graph, problem: SpecTensors, batch: ReluDomains, idx: torch.Tensor,
+                 intervals: dict[str, Interval], beta_options: AlphaOptions, deadline,
+                 floor: torch.Tensor | None = None):
+    """beta-CROWN on the sub-problems `idx` of the batch (`intervals` restricted to them),
+    warm-started from their parents' parameters; `floor`: lower bounds known already, kept
+    where better. None when all are refuted, else the still-open ones as _bound_round says."""
     case = batch.case[idx]
     C = problem.C[case].reshape(len(idx), problem.C.shape[1], *graph.output.shape)
-    start = init_alphas(graph, inter, C.shape[1])
-    start.update({k: v[idx].to(C.dtype) for k, v in batch.params.items()})
+    start = None
+    if batch.params:
+        start = init_alphas(graph, intervals, C.shape[1])
+        start.update({k: v[idx].to(C.dtype) for k, v in batch.params.items()})
     record: dict[str, torch.Tensor] = {}
-    lower, params = optimise_lower(graph, graph.outputs[0], C, inter, beta_options, alphas=start,
+    lower, params = optimise_lower(graph, graph.outputs[0], C, intervals, beta_options, alphas=start,
                                    splits={k: v[idx] for k, v in batch.splits.items()}, deadline=deadline,
                                    record=record)
+    if floor is not None:
+        lower = torch.maximum(floor, lower)
     margins = problem.margins(case, lower)
     still = margins <= 0
     if not bool(still.any()):
         return None
     keep = still.nonzero().flatten()
     return (idx[keep], Interval(problem.lower[case[keep]], problem.upper[case[keep]]),
-            {k: Interval(v.lower[keep], v.upper[keep]) for k, v in inter.items()},
+            {k: Interval(v.lower[keep], v.upper[keep]) for k, v in intervals.items()},
+            # warm starts need no precision: any slopes and multipliers are sound, so they are
+            # kept in float32 (half the memory and copying of float64 in the queue)
             lower[keep], margins[keep], {k: v[keep].float() for k, v in params.items()},
             {k: v[keep] for k, v in record.items()})
 
@@ -302,31 +317,10 @@ def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed
     if not bool(open_.any()):
         return None
     idx = open_.nonzero().flatten()
-    n = len(idx)
     sub_bounds = {k: Interval(_rows(v.lower, idx, len(batch)), _rows(v.upper, idx, len(batch)))
                   for k, v in computed.items()}
-    sub_splits = {k: v[idx] for k, v in batch.splits.items()}
-    C_sub = C[idx].reshape(n, C.shape[1], *graph.output.shape)
     # beta-CROWN: make the output bound respect the split decisions, warm-started from the parent
-    start_params = None
-    if batch.params:
-        start_params = init_alphas(graph, sub_bounds, C_sub.shape[1])
-        start_params.update({k: v[idx].to(C_sub.dtype) for k, v in batch.params.items()})
-    record: dict[str, torch.Tensor] = {}
-    best, params = optimise_lower(graph, graph.outputs[0], C_sub, sub_bounds, beta_options,
-                                  alphas=start_params, splits=sub_splits, deadline=deadline, record=record)
-    lower_sub = torch.maximum(lower[idx], best)
-    margins_sub = problem.margins(batch.case[idx], lower_sub)
-    still = margins_sub <= 0
-    if not bool(still.any()):
-        return None
-    keep = still.nonzero().flatten()
-    return (idx[keep], Interval(box.lower[idx[keep]], box.upper[idx[keep]]),
-            {k: Interval(v.lower[keep], v.upper[keep]) for k, v in sub_bounds.items()},
-            # warm starts need no precision: any slopes and multipliers are sound, so they are
-            # kept in float32 (half the memory and copying of float64 in the queue)
-            lower_sub[keep], margins_sub[keep], {k: v[keep].float() for k, v in params.items()},
-            {k: v[keep] for k, v in record.items()})
+    return _search_open(graph, problem, batch, idx, sub_bounds, beta_options, deadline, floor=lower[idx])
 
 
 def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOptions = BaBOptions(),

@@ -208,10 +208,9 @@ def test_attack_before_branch_and_bound_stops_when_its_loss_settles(net, tmp_pat
     assert len(calls) == 20          # without a complete search the attack keeps its rounds
 
 
-def test_milp_refined_root_tightens_and_keeps_the_verdict(tmp_path):
+def _robust_wide_net(tmp_path):
+    """A 30-input ReLU net and the spec "the runner-up class overtakes the top one" on a small box."""
     import onnxruntime as ort
-
-    from branching.bab import BaBOptions
 
     model = F.write_wide_net(tmp_path / "mlp.onnx", n_in=30, width=24, depth=3, seed=3)
     sess = ort.InferenceSession(str(model))
@@ -219,6 +218,13 @@ def test_milp_refined_root_tightens_and_keeps_the_verdict(tmp_path):
     top, second = np.argsort(-y0)[:2]
     spec = tmp_path / "robust.vnnlib"
     spec.write_text(F.declarations(30, 10) + F.box([-0.05] * 30, [0.05] * 30) + f"(assert (>= Y_{second} Y_{top}))\n")
+    return model, spec
+
+
+def test_milp_refined_root_tightens_and_keeps_the_verdict(tmp_path):
+    from branching.bab import BaBOptions
+
+    model, spec = _robust_wide_net(tmp_path)
     verdicts = {}
     for share in (0.0, 0.2):
         res = verify(model, spec, options=VerifyOptions(timeout=30, bab=BaBOptions(
@@ -231,16 +237,9 @@ def test_milp_refined_root_tightens_and_keeps_the_verdict(tmp_path):
 
 
 def test_late_milp_tightening_inside_branch_and_bound_keeps_the_verdict(tmp_path):
-    import onnxruntime as ort
-
     from branching.bab import BaBOptions
 
-    model = F.write_wide_net(tmp_path / "mlp.onnx", n_in=30, width=24, depth=3, seed=3)
-    sess = ort.InferenceSession(str(model))
-    y0 = sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 30), np.float32)})[0].reshape(-1)
-    top, second = np.argsort(-y0)[:2]
-    spec = tmp_path / "robust.vnnlib"
-    spec.write_text(F.declarations(30, 10) + F.box([-0.05] * 30, [0.05] * 30) + f"(assert (>= Y_{second} Y_{top}))\n")
+    model, spec = _robust_wide_net(tmp_path)
     res = verify(model, spec, options=VerifyOptions(timeout=30, bab=BaBOptions(
         milp_refine_after=0.0, milp_refine_min_seconds=0.0, milp_refine_per_solve=0.2, milp_max_unstable=0)))
     assert res.outcome is Outcome.UNSAT
