@@ -417,7 +417,7 @@ class _Run:
         if complete:
             seconds = self.options.pre_bab_attack_seconds
             if not self.input_split_applies():  # neuron splitting looks for counterexamples less well
-                seconds = max(seconds, 0.1 * self.options.timeout)
+                seconds = max(seconds, min(self.options.pre_neuron_bab_attack_seconds, 0.1 * self.options.timeout))
             budget = self.deadline.within(seconds)
         found = self.pgd(open_targets, sampled.best_x[keep], sampled.best_loss[keep], budget, stop_on_stall=complete)
         self.timed("pgd", t)
