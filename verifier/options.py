@@ -80,7 +80,7 @@ class VerifyOptions:
     pre_neuron_bab_attack_seconds  the same before neuron splitting (ReLU or general), which
                   attacks less often than input splitting, capped at a tenth of the time
                   limit. Longer attacks found no more counterexamples on mnist_fc's 18 `sat`
-                  instances (branch and bound found the rest within seconds) but delayed
+                  instances (branch and bound's own attacks found the rest) but delayed
                   every instance that branch and bound proves (mnist 256x2 prop_9 eps 0.05:
                   7 s of attack before a 0.1 s search)
     precision     floating point of every bound that can decide `unsat`: "float64" keeps the
