@@ -33,6 +33,9 @@ DEFAULT_PAIRS = [
     ("mnist_fc", "mnist-net_256x6.onnx", "prop_1_0.03.vnnlib"),
     ("eran_mnist_sigmoid_relu", "ffnnSIGMOID__Point_6x200.onnx", None),
     ("eran_mnist_sigmoid_relu", "mnist_relu_9_200.onnx", None),
+    ("oval21", "cifar_base_kw.onnx", "cifar_base_kw-img8194-eps0.018300653594771243.vnnlib"),
+    ("oval21", "cifar_wide_kw.onnx", "cifar_wide_kw-img3458-eps0.022875816993464054.vnnlib"),
+    ("oval21", "cifar_deep_kw.onnx", "cifar_deep_kw-img1052-eps0.010718954248366015.vnnlib"),
 ]
 
 
@@ -66,6 +69,13 @@ class GraphModule(torch.nn.Module):
                 env[node.name] = a[0] @ a[1]
             elif op in ("Add", "Sub", "Mul", "Div"):
                 env[node.name] = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}[op](a[0], a[1])
+            elif op == "Conv":
+                pads = node.attrs.get("pads", [0, 0, 0, 0])
+                env[node.name] = F.conv2d(a[0], a[1], a[2] if len(a) > 2 else None,
+                                          stride=tuple(node.attrs.get("strides", [1, 1])),
+                                          padding=(pads[0], pads[1]),
+                                          dilation=tuple(node.attrs.get("dilations", [1, 1])),
+                                          groups=node.attrs.get("group", 1))
             elif op == "Relu":
                 env[node.name] = F.relu(a[0])
             elif op == "Sigmoid":
@@ -144,12 +154,14 @@ def lirpa(graph: Graph, problem: SpecTensors, iterations: int) -> tuple[float, f
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--suite", action="append", help="only these shared suites (repeatable); "
+                        "the synthetic networks run only without it")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"{'network':34} {'spec':22} {'ours f64':>10} {'s':>6} {'ours f32':>10} {'s':>6} {'auto_LiRPA':>10} {'s':>6}")
     for suite, net, spec in DEFAULT_PAIRS:
         folder = SHARED / suite
-        if not folder.is_dir():
+        if not folder.is_dir() or (args.suite and suite not in args.suite):
             continue
         if spec is None:
             spec = sorted(p.name for p in (folder / "vnnlib").iterdir())[0]
@@ -161,7 +173,7 @@ def main() -> int:
         other = lirpa(graph, problem, args.iterations)
         theirs = f"{other[0]:10.4f} {other[1]:6.2f}" if other else f"{'n/a':>10} {'':>6}"
         print(f"{net:34} {spec:22} {b64:10.4f} {t64:6.2f} {b32:10.4f} {t32:6.2f} {theirs}", flush=True)
-    for act in ("Tanh", "Gelu"):
+    for act in () if args.suite else ("Tanh", "Gelu"):
         name, graph, problem = synthetic(act)
         b64, t64 = ours(graph, problem, args.iterations, torch.float64)
         b32, t32 = ours(graph, problem, args.iterations, torch.float32)
