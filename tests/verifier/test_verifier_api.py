@@ -244,3 +244,24 @@ def test_late_milp_tightening_inside_branch_and_bound_keeps_the_verdict(tmp_path
         milp_refine_after=0.0, milp_refine_min_seconds=0.0, milp_refine_per_solve=0.2, milp_max_unstable=0)))
     assert res.outcome is Outcome.UNSAT
     assert res.details["milp_refine"]["solves"] > 0  # the search ran and tightened once
+
+
+def test_attack_before_neuron_splitting_is_capped(tmp_path, monkeypatch):
+    """Neuron splitting attacks by itself, so the attack before it gets at most
+    pre_neuron_bab_attack_seconds (and at most a tenth of the limit), not the tenth alone."""
+    from verifier import api
+
+    model, spec = _robust_wide_net(tmp_path)
+    budgets = []
+    real = api._Run.pgd
+
+    def recording(self, targets, starts, loss, budget=None, stop_on_stall=False):
+        budgets.append(math.inf if budget is None else budget.remaining())
+        return real(self, targets, starts, loss, budget, stop_on_stall)
+
+    monkeypatch.setattr(api._Run, "pgd", recording)
+    for cap, most in ((0.5, 0.5), (1e9, 0.1 * 60)):
+        budgets.clear()
+        res = verify(model, spec, options=VerifyOptions(timeout=60, pre_neuron_bab_attack_seconds=cap))
+        assert res.outcome is Outcome.UNSAT
+        assert budgets and most - 1.0 < budgets[0] <= most
