@@ -139,6 +139,9 @@ class _Run:
     found_during_bab: Result | None = None
     pgd_best: tuple[torch.Tensor, torch.Tensor] | None = None   # best PGD points and losses so far
     crown_intervals: tuple[dict[str, Interval], float] | None = None  # every value's CROWN interval, seconds
+    #: (case, polytope) -> signs of the input coefficients of the CROWN bound of the polytope's
+    #: best row (n_in,): the box corners it picks start the first PGD round
+    crown_signs: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
     # ---- helpers -----------------------------------------------------------------------
     def result(self, outcome: Outcome, stage: str, message: str, **kw: Any) -> Result:
@@ -285,8 +288,11 @@ class _Run:
                            round_outward(upper, +1).reshape(B, *shape).to(self.device))
         Ct = torch.as_tensor(C, dtype=dtype, device=self.device)
         known: dict[str, Interval] = {}
+        record: dict[str, torch.Tensor] = {}
         start = time.monotonic()
-        lb = spec_lower_bounds(graph, box, Ct, method=method, bounds=known).double().cpu().numpy()  # (B, S)
+        lb = spec_lower_bounds(graph, box, Ct, method=method, bounds=known,
+                               record=record).double().cpu().numpy()  # (B, S)
+        coefficients = record.get(graph.inputs[0])
         if method == "crown" and batch == list(range(len(self.spec.cases))):
             # the same intervals start alpha-CROWN later (these boxes contain its boxes)
             self.crown_intervals = (known, time.monotonic() - start)
@@ -314,14 +320,19 @@ class _Run:
                 m = row_margin[b, rows]
                 m = np.where(np.isnan(m), -math.inf, m)
                 best = int(np.argmax(m))
+                if coefficients is not None:
+                    A = coefficients[b if coefficients.shape[0] == B else 0, rows[best]]
+                    self.crown_signs[(k, p)] = (A.reshape(-1) > 0).to(self.device)
                 # a polytope counts as refuted only through a row that clears the slack
                 margins[k][p] = float(m[best]) if refutes[b, rows].any() else min(float(m[best]), 0.0)
 
     def pgd(self, open_targets: atk.Targets, starts: torch.Tensor, start_loss: torch.Tensor,
-            budget: Deadline | None = None, stop_on_stall: bool = False) -> Result | None:
+            budget: Deadline | None = None, stop_on_stall: bool = False,
+            corners: torch.Tensor | None = None) -> Result | None:
         """PGD rounds until a replayed counterexample, pgd_rounds, max_seconds or the deadline
         (or, with `stop_on_stall`, a cycle of round scales without progress).
-        Every round starts one restart per target at the best point so far."""
+        Every round starts one restart per target at the best point so far; the first also
+        starts restarts at `corners` (P, E, n_in)."""
         opts = self.options.attack
         budget = budget or self.deadline.within(opts.max_seconds)
         best_x, best_loss = starts.clone(), start_loss.clone()
@@ -340,7 +351,8 @@ class _Run:
             if budget.expired():
                 break
             res = atk.pgd(self.graph, open_targets, opts, self.gen, budget, starts=best_x,
-                          scale=atk.ROUND_SCALES[r % len(atk.ROUND_SCALES)])
+                          scale=atk.ROUND_SCALES[r % len(atk.ROUND_SCALES)],
+                          extra_starts=corners if r == 0 else None)
             self.record_attack(open_targets, res)
             better = res.best_loss < best_loss
             best_x[better], best_loss[better] = res.best_x[better], res.best_loss[better]
@@ -419,7 +431,8 @@ class _Run:
             if not self.input_split_applies():  # neuron splitting looks for counterexamples less well
                 seconds = max(seconds, min(self.options.pre_neuron_bab_attack_seconds, 0.1 * self.options.timeout))
             budget = self.deadline.within(seconds)
-        found = self.pgd(open_targets, sampled.best_x[keep], sampled.best_loss[keep], budget, stop_on_stall=complete)
+        found = self.pgd(open_targets, sampled.best_x[keep], sampled.best_loss[keep], budget, stop_on_stall=complete,
+                         corners=self.bound_corners(open_targets))
         self.timed("pgd", t)
         if found is not None:
             return self.retime(found)
@@ -447,6 +460,19 @@ class _Run:
                 if found is not None:
                     return self.retime(found)
         return self.unknown(open_keys)
+
+    def bound_corners(self, targets: atk.Targets) -> torch.Tensor | None:
+        """(P, 2, n_in): per target, the box corner that minimises its CROWN bound's linear
+        function and the opposite one (None without those bounds). Deterministic starts that
+        random ones rarely hit: on ml4acopf 300_ieee_prop2, whose loss sits on a flat minimum
+        at random points, PGD from the opposite corner finds the counterexample at once."""
+        signs = [self.crown_signs.get((k, p)) for k, p in zip(targets.case, targets.polytope)]
+        if not signs or any(sg is None for sg in signs):
+            return None
+        positive = torch.stack(signs)
+        low_first = torch.where(positive, targets.lower, targets.upper)
+        high_first = torch.where(positive, targets.upper, targets.lower)
+        return torch.stack([low_first, high_first], 1)
 
     def input_split_applies(self) -> bool:
         return math.prod(self.graph.input.shape) <= self.options.input_split_max_inputs

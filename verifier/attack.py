@@ -225,9 +225,11 @@ ROUND_SCALES = (1.0, 0.2, 0.04)
 
 
 def pgd(graph: Graph, targets: Targets, opts: AttackOptions, gen: torch.Generator, deadline: Deadline,
-        starts: torch.Tensor | None = None, stop_on_hit: bool = True, scale: float = 1.0) -> AttackResult:
-    """One round of PGD: pgd_restarts starting points per target (restart 0 = `starts` when given),
-    first step step_size * scale (a fraction of each input's range).
+        starts: torch.Tensor | None = None, stop_on_hit: bool = True, scale: float = 1.0,
+        extra_starts: torch.Tensor | None = None) -> AttackResult:
+    """One round of PGD: pgd_restarts starting points per target (restart 0 = `starts` when given,
+    the next ones `extra_starts` (P, E, n_in) when given and there is room), first step
+    step_size * scale (a fraction of each input's range).
 
     Stops as soon as some point violates (when stop_on_hit) or when the deadline expires.
     """
@@ -247,6 +249,9 @@ def pgd(graph: Graph, targets: Targets, opts: AttackOptions, gen: torch.Generato
             noise = (noise.to(x0.device, x0.dtype) * 2 - 1) * (4 * alphas[0]) * width
             x0[:, 1:1 + near] = torch.minimum(torch.maximum(starts.unsqueeze(1) + noise, targets.lower.unsqueeze(1)),
                                               targets.upper.unsqueeze(1))
+    if extra_starts is not None:
+        room = min(extra_starts.shape[1], R - 1)
+        x0[:, 1:1 + room] = extra_starts[:, :room].to(x0.dtype)
     which_all = torch.arange(P, device=x0.device).repeat_interleave(R)
     x_all = x0.reshape(P * R, -1)
     lo_all = targets.lower[which_all]

@@ -255,9 +255,9 @@ def test_attack_before_neuron_splitting_is_capped(tmp_path, monkeypatch):
     budgets = []
     real = api._Run.pgd
 
-    def recording(self, targets, starts, loss, budget=None, stop_on_stall=False):
+    def recording(self, targets, starts, loss, budget=None, **kw):
         budgets.append(math.inf if budget is None else budget.remaining())
-        return real(self, targets, starts, loss, budget, stop_on_stall)
+        return real(self, targets, starts, loss, budget, **kw)
 
     monkeypatch.setattr(api._Run, "pgd", recording)
     for cap, most in ((0.5, 0.5), (1e9, 0.1 * 60)):

@@ -155,6 +155,25 @@ def test_pgd_finds_a_thin_unsafe_band(tmp_path):
     assert 0.040 - 1e-5 <= y[0] <= 0.041 + 1e-5 and np.all(np.abs(cand.x) <= 1)
 
 
+def test_pgd_starts_restarts_at_the_extra_starts(tmp_path):
+    import onnx
+
+    from bounds.graph.onnx_import import load_onnx
+
+    # y = relu(x0 + x1 - 1.9) on [-1, 1]^2: zero (no gradient) except near the corner (1, 1)
+    path = tmp_path / "corner.onnx"
+    onnx.save(F.mlp_model([(np.array([[1.0, 1.0]]), np.array([-1.9])), (np.array([[1.0]]), np.array([0.0]))],
+                          (1, 2)), str(path))
+    graph = load_onnx(path)
+    targets = atk.build_targets([(0, -np.ones(2), np.ones(2), [(0, np.array([[-1.0]]), np.array([-0.05]))])], "cpu")
+    opts = AttackOptions(pgd_restarts=3, pgd_steps=1)
+    corner = torch.tensor([[[1.0, 1.0]]])
+    gen = torch.Generator().manual_seed(0)
+    assert not atk.pgd(graph, targets, opts, gen, Deadline(30)).found
+    res = atk.pgd(graph, targets, opts, gen, Deadline(30), extra_starts=corner)
+    assert res.found and np.allclose(res.candidates[0].x, [1.0, 1.0])
+
+
 def test_attack_respects_the_deadline(tmp_path):
     graph = _tiny_graph(tmp_path)
     targets = atk.build_targets([(0, -np.ones(2), np.ones(2), [(0, np.array([[1.0, -1.0]]), np.array([0.0]))])], "cpu")
