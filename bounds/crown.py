@@ -52,6 +52,19 @@ def _interval_of(graph: Graph, name: str, bounds: dict[str, Interval]) -> Interv
     return Interval.point(graph[name].value.unsqueeze(0))
 
 
+class RecordOnly(dict):
+    """A `record` for backward_lower that keeps only the named nodes' coefficients (a plain
+    dict keeps every node's coefficient tensor alive until the pass ends)."""
+
+    def __init__(self, names) -> None:
+        super().__init__()
+        self.names = frozenset(names)
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None:
+        if key in self.names:
+            super().__setitem__(key, value)
+
+
 def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str, Interval],
                    alphas: dict[str, torch.Tensor] | None = None,
                    record: dict[str, torch.Tensor] | None = None,

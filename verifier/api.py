@@ -22,7 +22,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from bounds.crown import spec_lower_bounds
+from bounds.crown import RecordOnly, spec_lower_bounds
 from bounds.graph.interpret import run as run_graph
 from branching.bab import BaBOutcome, input_split_bab, is_out_of_memory
 from branching.milp import exact_search, milp_encodable, relu_count, unstable_relus
@@ -288,7 +288,7 @@ class _Run:
                            round_outward(upper, +1).reshape(B, *shape).to(self.device))
         Ct = torch.as_tensor(C, dtype=dtype, device=self.device)
         known: dict[str, Interval] = {}
-        record: dict[str, torch.Tensor] = {}
+        record = RecordOnly([graph.inputs[0]])   # the attack's corner starts need the input's alone
         start = time.monotonic()
         lb = spec_lower_bounds(graph, box, Ct, method=method, bounds=known,
                                record=record).double().cpu().numpy()  # (B, S)

@@ -79,3 +79,12 @@ def test_bounds_of_a_graph_with_an_unbounded_value_are_not_nan() -> None:
         got = spec_lower_bounds(graph, box, C, method)
         assert not bool(torch.isnan(got).any()), method
         assert got[0, 0].item() == 0.5 and got[0, 1].item() == -math.inf and got[0, 2].item() == -1.0, method
+
+
+def test_record_only_keeps_the_named_nodes():
+    from bounds.crown import RecordOnly
+
+    record = RecordOnly(["x"])
+    record["x"] = torch.ones(1)
+    record["h"] = torch.zeros(1)
+    assert list(record) == ["x"]
