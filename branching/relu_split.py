@@ -295,7 +295,11 @@ def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed
     parameters, recorded output-bound coefficients), all restricted to the open ones.
     """
     device = problem.lower.device
-    if batch.params and not options.refine_intermediate and _covers(graph, batch.inter):
+    # the root sub-problems take the CROWN pass too: the root's optimised slopes, made for
+    # the whole spec, can bound a single polytope worse than plain CROWN does (vit
+    # pgd_2_3_16_5: CROWN refutes all six polytopes at once, the warm search alone none)
+    if (batch.params and not options.refine_intermediate and _covers(graph, batch.inter)
+            and bool((batch.depth > 0).all())):
         return _beta_round(graph, problem, batch, relaxed, beta_options, deadline)
     frozen = None
     if batch.inter and not options.refine_intermediate:

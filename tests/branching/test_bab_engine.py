@@ -186,3 +186,29 @@ def test_child_multiplier_start_is_at_least_the_parent_bound(seed: int) -> None:
             start = relu_split._child_betas(params, record, best.reshape(1), sign, layers, offsets)
             child = bound_with(graph, graph.outputs[0], C, inter, start, child_splits)
             assert float(child.min()) >= float(parent.min()) - 1e-9 * (1 + abs(float(parent.min())))
+
+
+def test_root_sub_problems_keep_the_crown_bound() -> None:
+    """Root sub-problems are bounded by plain CROWN as well as by the warm search: slopes
+    handed down from the root (here deliberately poor ones) must not lose a refutation
+    that CROWN alone makes."""
+    from bounds.crown import spec_lower_bounds
+
+    checked = 0
+    for seed in range(30):
+        graph = random_mlp(500 + seed, width=8, depth=3, n_in=4, n_out=3, acts=["Relu"])
+        spec = _random_spec(graph, seed)
+        problem = SpecTensors.from_spec(spec, graph.input.shape)
+        box = Interval(problem.lower, problem.upper)
+        root: dict[str, Interval] = {}
+        crown = spec_lower_bounds(graph, box, problem.C, "crown", bounds=root)
+        if not bool(problem.margins(torch.zeros(1, dtype=torch.long), crown).gt(0).all()):
+            continue
+        alphas: dict[str, torch.Tensor] = {}
+        optimise_all(graph, box, problem.C, AlphaOptions(iterations=1, stop_above=None), final_alphas=alphas)
+        poor = {k: torch.zeros_like(v) for k, v in alphas.items()}
+        outcome = relu_split.relu_split_bab(graph, problem, _Deadline(30), BaBOptions(beta_iterations=1),
+                                            root_bounds=root, root_alphas=poor)
+        assert outcome.status == "unsat" and outcome.max_depth == 0, (seed, outcome)
+        checked += 1
+    assert checked >= 3
