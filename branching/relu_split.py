@@ -295,9 +295,10 @@ def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed
     parameters, recorded output-bound coefficients), all restricted to the open ones.
     """
     device = problem.lower.device
-    # the root sub-problems take the CROWN pass too: the root's optimised slopes, made for
-    # the whole spec, can bound a single polytope worse than plain CROWN does (vit
-    # pgd_2_3_16_5: CROWN refutes all six polytopes at once, the warm search alone none)
+    # the warm search alone is only as good as its start: a child's parameters reproduce its
+    # parent's bound (_child_betas), but a root sub-problem's come from alpha-CROWN on the
+    # whole spec and can bound its single polytope worse than plain CROWN, so roots take the
+    # CROWN pass as a floor (on vit that decided polytopes that the search alone left open)
     if (batch.params and not options.refine_intermediate and _covers(graph, batch.inter)
             and bool((batch.depth > 0).all())):
         return _beta_round(graph, problem, batch, relaxed, beta_options, deadline)
