@@ -9,6 +9,7 @@ refuted outright.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -79,6 +80,16 @@ def _relu_layers(graph: Graph) -> list[tuple[str, str]]:
             if isinstance(RULES.get(n.op), (Relu, LeakyRelu)) and not graph[n.inputs[0]].is_constant]
 
 
+def layer_search_applies(graph: Graph, options: BaBOptions) -> bool:
+    """Whether ReLU splitting runs a "layer" search beside the usual one (BaBOptions.layer_search_share):
+    enough ReLU layers for early splits to tighten many later ones, and layers narrow enough
+    that re-deriving their intervals per sub-problem is affordable."""
+    layers = _relu_layers(graph)
+    if not 0 < options.layer_search_share < 1 or len(layers) < options.layer_search_min_layers:
+        return False
+    return all(math.prod(graph[pre].shape) <= options.layer_search_max_width for _, pre in layers)
+
+
 def _branch_scores(layers, bounds: dict[str, Interval], record: dict[str, torch.Tensor],
                    splits: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
     """(N, total unstable candidates) BaBSR-style estimate of what splitting each neuron gains.
@@ -103,6 +114,20 @@ def _branch_scores(layers, bounds: dict[str, Interval], record: dict[str, torch.
         score = (-a).clamp(min=0) * intercept + 1e-3 * a.abs() * intercept
         parts.append(torch.where(unstable, score + 1e-9, torch.full_like(score, -1.0)))
     return torch.cat(parts, 1)
+
+
+def _earliest_layer(scores: torch.Tensor, layers, offsets: dict[str, int]) -> torch.Tensor:
+    """The scores with every candidate outside each sub-problem's earliest layer that still
+    has one masked out (-1), so that the usual argmax picks within that layer."""
+    bounds = [offsets[pre] for _, pre in layers] + [scores.shape[1]]
+    out = torch.full_like(scores, -1.0)
+    chosen = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        seg = scores[:, start:end]
+        here = (seg >= 0).any(1) & ~chosen
+        out[:, start:end] = torch.where(here.unsqueeze(1), seg, out[:, start:end])
+        chosen |= here
+    return out
 
 
 def _with_split(splits: dict[str, torch.Tensor], best: torch.Tensor, sign: int, layers, offsets: dict[str, int],
@@ -360,6 +385,68 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         return BaBOutcome("unsat", elapsed=time.perf_counter() - start)
     problem, case_of = split.problem, split.case_of
     root_bounds, root_alphas, falsify = split.carry(root_bounds, root_alphas, falsify)
+    kinds, shares = [options], [1.0]
+    if layer_search_applies(graph, options):
+        # deep narrow nets: a layer-by-layer search with re-derived intervals runs beside the
+        # usual one, the two taking turns by rounds (options.layer_search_share of the time to
+        # it), each with half the queue memory; it decides what the usual search cannot there,
+        # and can split in vain elsewhere (a random 3-layer net: 230k sub-problems undecided
+        # where the usual search alone needs 12k), which taking turns bounds to a constant factor
+        half = options.queue_memory_share / 2
+        kinds = [dataclasses.replace(options, queue_memory_share=half),
+                 dataclasses.replace(options, branching="layer", refine_intermediate=True, queue_memory_share=half)]
+        shares = [1.0 - options.layer_search_share, options.layer_search_share]
+    outcomes = [BaBOutcome("unsat") for _ in kinds]
+    waiting = [0] * len(kinds)
+
+    finished = [False] * len(kinds)
+
+    def report(i: int):
+        def note(outcome: BaBOutcome, n: int) -> None:
+            waiting[i] = n
+            if progress is not None:
+                progress(_combined(outcomes, finished, start), sum(waiting))
+        return note
+
+    searches = [_search(graph, problem, case_of, layers, deadline, kind, outcomes[i], report(i), root_bounds,
+                        root_alphas, falsify, tighten) for i, kind in enumerate(kinds)]
+    spent = [0.0] * len(kinds)
+    active = list(range(len(kinds)))
+    while active:
+        i = min(active, key=lambda j: spent[j] / max(shares[j], 1e-9))
+        t = time.perf_counter()
+        try:
+            next(searches[i])
+        except StopIteration:
+            active.remove(i)
+            finished[i] = True
+            if outcomes[i].status in ("unsat", "sat"):
+                break
+        spent[i] += time.perf_counter() - t
+    return _combined(outcomes, finished, start)
+
+
+def _combined(outcomes: list[BaBOutcome], finished: list[bool], start: float) -> BaBOutcome:
+    """One outcome of searches over the same problem: a finished search's verdict wins (a
+    running one's status is only what it would say if its queue emptied now); otherwise each
+    search's worst open margin bounds the spec, so the best of them is reported."""
+    decided = [o for o, done in zip(outcomes, finished) if done and o.status in ("unsat", "sat")]
+    first = decided[0] if decided else outcomes[0]
+    out = BaBOutcome(first.status, first.witness, first.witness_case,
+                     visited=sum(o.visited for o in outcomes), max_depth=max(o.max_depth for o in outcomes),
+                     elapsed=time.perf_counter() - start, notes=[n for o in outcomes for n in o.notes])
+    if not decided:
+        out.status = "timeout" if any(o.status == "timeout" for o in outcomes) else "unknown"
+        margins = [o.worst_margin for o in outcomes if o.worst_margin is not None]
+        out.worst_margin = max(margins) if margins else None
+    return out
+
+
+def _search(graph: Graph, problem: SpecTensors, case_of: torch.Tensor, layers, deadline, options: BaBOptions,
+            outcome: BaBOutcome, progress, root_bounds, root_alphas, falsify, tighten):
+    """One branch-and-bound search (relu_split_bab), a generator that yields after each round
+    so that searches can take turns; its result is left in `outcome`."""
+    device = problem.lower.device
     order = {n.name: i for i, n in enumerate(graph.nodes)}
     relaxed = pre_activation_nodes(graph)
     sizes = {pre: graph[pre].shape for _, pre in layers}
@@ -388,7 +475,6 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     domains.push(ReluDomains(torch.arange(K, device=device), torch.full((K,), -torch.inf, device=device),
                              torch.zeros(K, dtype=torch.long, device=device), splits,
                              {} if shared else inter, None, warm))
-    outcome = BaBOutcome("unsat")
     offsets, total = {}, 0
     for _, pre in layers:
         offsets[pre] = total
@@ -403,12 +489,18 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
             and bool((problem.lower == problem.lower[:1]).all() and (problem.upper == problem.upper[:1]).all())):
         remaining = deadline.remaining() if hasattr(deadline, "remaining") else 0.0
         tighten_at = time.perf_counter() + options.milp_refine_after * remaining
-    last_round = 0.0
+    # seconds per sub-problem in the last round: rounds grow with the queue (and cost several
+    # times more with re-derived intervals), so the next one is sized to the time left
+    per_domain = 0.0
     last_attack = time.perf_counter()
     use_fsb = options.branching == "fsb"
     bound_seconds = 0.0
     while len(domains):
-        if stop_reason(outcome, deadline, domains, options, last_round):
+        yield
+        take = batch_size
+        if per_domain > 0 and hasattr(deadline, "remaining"):
+            take = max(1, min(batch_size, int(0.5 * deadline.remaining() / per_domain)))
+        if stop_reason(outcome, deadline, domains, options, per_domain * min(take, len(domains))):
             break
         if tighten_at is not None and time.perf_counter() >= tighten_at:
             tighten_at = None
@@ -416,7 +508,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
             if stop_reason(outcome, deadline, domains, options):
                 break
         round_start = time.perf_counter()
-        batch = domains.pop_worst(batch_size)
+        batch = domains.pop_worst(take)
         if shared:
             batch = dataclasses.replace(batch, inter={k: Interval(v.lower[batch.case], v.upper[batch.case])
                                                       for k, v in shared.items()})
@@ -456,6 +548,8 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
                            {k: v[idx] for k, v in batch.splits.items()},
                            {k: sub_bounds[k] for k in relaxed}, None, params)
         scores = _branch_scores(layers, kept.inter, record, kept.splits, rows)
+        if options.branching == "layer":
+            scores = _earliest_layer(scores, layers, offsets)
         leaves = scores.max(1).values < 0
         if bool(leaves.any()):
             # every unstable ReLU is decided: the sub-problem is a linear program, solve it exactly
@@ -500,8 +594,6 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
             domains.push(child)
         if len(domains):  # the worst open sub-problem anywhere, not just in this batch
             outcome.worst_margin = domains.worst_score()
-        last_round = time.perf_counter() - round_start
+        per_domain = (time.perf_counter() - round_start) / len(batch)
         if progress is not None:
             progress(outcome, len(domains))
-    outcome.elapsed = time.perf_counter() - start
-    return outcome

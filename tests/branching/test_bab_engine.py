@@ -28,7 +28,8 @@ def test_warm_started_relu_bab_agrees_with_milp(seed: int, refine: bool, reduce:
                            AlphaOptions(iterations=5, stop_above=None), final_alphas=alphas)
     assert alphas, "optimise_all hands back the output bound's slopes"
     outcome = relu_split.relu_split_bab(graph, problem, _Deadline(30), BaBOptions(refine_intermediate=refine,
-                                                                                    fsb_reduce=reduce),
+                                                                                    fsb_reduce=reduce,
+                                                                                    layer_search_share=0.0),
                                         root_bounds=root, root_alphas=alphas)
     if exact == "sat" and outcome.status == "unknown":
         return
@@ -207,8 +208,48 @@ def test_root_sub_problems_keep_the_crown_bound() -> None:
         alphas: dict[str, torch.Tensor] = {}
         optimise_all(graph, box, problem.C, AlphaOptions(iterations=1, stop_above=None), final_alphas=alphas)
         poor = {k: torch.zeros_like(v) for k, v in alphas.items()}
-        outcome = relu_split.relu_split_bab(graph, problem, _Deadline(30), BaBOptions(beta_iterations=1),
+        outcome = relu_split.relu_split_bab(graph, problem, _Deadline(30),
+                                            BaBOptions(beta_iterations=1, layer_search_share=0.0),
                                             root_bounds=root, root_alphas=poor)
         assert outcome.status == "unsat" and outcome.max_depth == 0, (seed, outcome)
         checked += 1
     assert checked >= 3
+
+
+def test_layer_branching_keeps_only_the_earliest_layer_with_candidates() -> None:
+    layers = [("r1", "a"), ("r2", "b"), ("r3", "c")]
+    offsets = {"a": 0, "b": 2, "c": 5}
+    scores = torch.tensor([[-1.0, -1.0, 0.5, -1.0, 2.0, 9.0, 1.0],     # layer a done: b's best
+                           [0.1, -1.0, 3.0, 3.0, 3.0, 9.0, 9.0],       # a still open
+                           [-1.0, -1.0, -1.0, -1.0, -1.0, -1.0, 4.0],  # only c
+                           [-1.0] * 7])                                # a leaf stays a leaf
+    out = relu_split._earliest_layer(scores, layers, offsets)
+    assert out.argmax(1)[:3].tolist() == [4, 0, 6]
+    assert bool((out[0, 5:] < 0).all() and (out[1, 2:] < 0).all() and (out[3] < 0).all())
+
+
+def test_layer_search_applies_to_deep_narrow_relu_networks_only() -> None:
+    deep = random_mlp(1, width=8, depth=3, n_in=4, n_out=3, acts=["Relu"])
+    shallow = random_mlp(1, width=8, depth=2, n_in=4, n_out=3, acts=["Relu"])
+    assert relu_split.layer_search_applies(deep, BaBOptions())
+    assert not relu_split.layer_search_applies(shallow, BaBOptions())
+    assert not relu_split.layer_search_applies(deep, BaBOptions(layer_search_share=0.0))
+    assert not relu_split.layer_search_applies(deep, BaBOptions(layer_search_max_width=4))
+    with pytest.raises(ValueError):
+        BaBOptions(layer_search_share=1.0)
+    with pytest.raises(ValueError):
+        BaBOptions(branching="deepest")
+
+
+def test_only_a_finished_search_decides_the_combined_outcome() -> None:
+    """A search still running carries the status it would end with if its queue emptied now
+    ("unsat"): the combination must not report it while the other search says sat."""
+    from branching.bab import BaBOutcome
+
+    running, found = BaBOutcome("unsat", worst_margin=-2.0), BaBOutcome("sat", witness=torch.zeros(3))
+    out = relu_split._combined([running, found], [False, True], 0.0)
+    assert out.status == "sat" and out.witness is found.witness
+    timed_out, unknown = BaBOutcome("timeout", worst_margin=-3.0), BaBOutcome("unknown", worst_margin=-1.0)
+    out = relu_split._combined([timed_out, unknown], [True, True], 0.0)
+    assert out.status == "timeout" and out.worst_margin == -1.0
+    assert relu_split._combined([running, unknown], [False, True], 0.0).status == "unknown"

@@ -65,12 +65,19 @@ def test_input_split_bab_agrees_with_milp(seed: int) -> None:
         assert spec.is_violated_by(x, y)
 
 
+#: BaBOptions.layer_search_share: the usual search alone, the two searches taking turns, and
+#: the layer-by-layer search with nearly all the turns
+_PHASES = {"usual": 0.0, "both": 0.5, "layer": 0.99}
+
+
+@pytest.mark.parametrize("phase", sorted(_PHASES))
 @pytest.mark.parametrize("warm", [False, True], ids=["cold", "root-bounds"])
 @pytest.mark.parametrize("seed", range(30))
-def test_relu_split_bab_agrees_with_milp(seed: int, warm: bool) -> None:
+def test_relu_split_bab_agrees_with_milp(seed: int, warm: bool, phase: str) -> None:
     """`root-bounds`: started as the verifier starts it, from alpha-CROWN's intervals and
     slopes, so that rounds keep the case's intervals and run the warm beta search alone."""
-    from branching.relu_split import relu_split_bab
+    from branching.bab import BaBOptions
+    from branching.relu_split import layer_search_applies, relu_split_bab
 
     graph = random_mlp(100 + seed, width=8, depth=3, n_in=4, n_out=3, acts=["Relu"])
     spec = _random_spec(graph, seed)
@@ -86,7 +93,9 @@ def test_relu_split_bab_agrees_with_milp(seed: int, warm: bool) -> None:
         alphas = {}
         _, root = optimise_all(graph, Interval(problem.lower, problem.upper), problem.C,
                                AlphaOptions(iterations=5, stop_above=None), final_alphas=alphas)
-    outcome = relu_split_bab(graph, problem, _Deadline(30), root_bounds=root, root_alphas=alphas)
+    options = BaBOptions(layer_search_share=_PHASES[phase])
+    assert layer_search_applies(graph, options) == (phase != "usual")
+    outcome = relu_split_bab(graph, problem, _Deadline(30), options, root_bounds=root, root_alphas=alphas)
     if exact == "sat" and outcome.status == "unknown":
         return  # neuron splitting alone need not find a counterexample; it must never say unsat
     assert outcome.status == exact, f"ReLU BaB says {outcome.status}, MILP says {exact} (t*={best})"
@@ -118,7 +127,7 @@ def test_relu_split_bab_with_milp_tightened_intervals_agrees_with_milp(seed: int
         calls.append(1)
         return refine_intervals(graph, box, intervals, _Deadline(10), RefineOptions(per_solve=1.0, workers=2))[0]
 
-    outcome = relu_split_bab(graph, problem, _Deadline(30), BaBOptions(milp_refine_after=0.0), root_bounds=root,
+    outcome = relu_split_bab(graph, problem, _Deadline(30), BaBOptions(milp_refine_after=0.0, layer_search_share=0.0), root_bounds=root,
                              root_alphas=alphas, tighten=tighten)
     if exact == "sat" and outcome.status == "unknown":
         return
