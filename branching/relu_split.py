@@ -374,6 +374,8 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     valid on that box (e.g. by MILP); it is called once, after options.milp_refine_after of
     the time left, and only when every sub-problem shares its case's intervals and all
     cases have the same box.
+    On deep narrow networks a second, layer-by-layer search takes turns with this one
+    (BaBOptions.layer_search_share); the first to finish decides.
     """
     start = time.perf_counter()
     device = problem.lower.device
@@ -398,7 +400,6 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         shares = [1.0 - options.layer_search_share, options.layer_search_share]
     outcomes = [BaBOutcome("unsat") for _ in kinds]
     waiting = [0] * len(kinds)
-
     finished = [False] * len(kinds)
 
     def report(i: int):
