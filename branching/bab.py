@@ -80,6 +80,9 @@ class BaBOptions:
     #: 60 s; mnist_fc 256x4 prop_3_0.05 in 5 s (open at 300 s before). On conv nets the
     #: re-derivation costs too much per sub-problem (oval21 deep: 126 sub-problems in 45 s)
     layer_search_share: float = 0.5
+    #: ... which after this share of its time goes on from its own sub-problems with the usual
+    #: choice and their intervals fixed (mnist 256x4 prop_11_0.05: 43 s this way, 221 s without)
+    layer_search_switch: float = 0.5
     #: ... for networks with at least this many ReLU layers, each at most this many neurons wide
     layer_search_min_layers: int = 3
     layer_search_max_width: int = 1024
@@ -93,6 +96,8 @@ class BaBOptions:
     def __post_init__(self) -> None:
         if self.branching not in ("babsr", "fsb", "layer"):
             raise ValueError(f"BaBOptions.branching must be 'babsr', 'fsb' or 'layer', got {self.branching!r}")
+        if not 0.0 <= self.layer_search_switch <= 1.0:
+            raise ValueError(f"BaBOptions.layer_search_switch must be in [0, 1], got {self.layer_search_switch!r}")
         if not 0.0 <= self.layer_search_share < 1.0:
             raise ValueError(f"BaBOptions.layer_search_share must be in [0, 1), got {self.layer_search_share!r}")
         if self.fsb_reduce not in ("min", "max"):

@@ -395,9 +395,15 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         # and can split in vain elsewhere (a random 3-layer net: 230k sub-problems undecided
         # where the usual search alone needs 12k), which taking turns bounds to a constant factor
         half = options.queue_memory_share / 2
-        kinds = [dataclasses.replace(options, queue_memory_share=half),
-                 dataclasses.replace(options, branching="layer", refine_intermediate=True, queue_memory_share=half)]
+        usual = dataclasses.replace(options, queue_memory_share=half)
+        kinds = [usual, dataclasses.replace(usual, branching="layer", refine_intermediate=True)]
         shares = [1.0 - options.layer_search_share, options.layer_search_share]
+        remaining = deadline.remaining() if hasattr(deadline, "remaining") else 0.0
+        # the layer search ends as the usual one, from its own sub-problems (each keeps its
+        # re-derived intervals): once the early splits are made, the output-bound choice is better
+        switches = [None, (options.layer_search_switch * options.layer_search_share * remaining, usual)]
+    else:
+        switches = [None]
     outcomes = [BaBOutcome("unsat") for _ in kinds]
     waiting = [0] * len(kinds)
     finished = [False] * len(kinds)
@@ -410,7 +416,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         return note
 
     searches = [_search(graph, problem, case_of, layers, deadline, kind, outcomes[i], report(i), root_bounds,
-                        root_alphas, falsify, tighten) for i, kind in enumerate(kinds)]
+                        root_alphas, falsify, tighten, switches[i]) for i, kind in enumerate(kinds)]
     spent = [0.0] * len(kinds)
     active = list(range(len(kinds)))
     while active:
@@ -444,9 +450,11 @@ def _combined(outcomes: list[BaBOutcome], finished: list[bool], start: float) ->
 
 
 def _search(graph: Graph, problem: SpecTensors, case_of: torch.Tensor, layers, deadline, options: BaBOptions,
-            outcome: BaBOutcome, progress, root_bounds, root_alphas, falsify, tighten):
+            outcome: BaBOutcome, progress, root_bounds, root_alphas, falsify, tighten,
+            switch: tuple[float, BaBOptions] | None = None):
     """One branch-and-bound search (relu_split_bab), a generator that yields after each round
-    so that searches can take turns; its result is left in `outcome`."""
+    so that searches can take turns; its result is left in `outcome`. `switch` = (seconds,
+    options): after that many seconds of its own rounds it goes on with those options."""
     device = problem.lower.device
     order = {n.name: i for i, n in enumerate(graph.nodes)}
     relaxed = pre_activation_nodes(graph)
@@ -496,8 +504,16 @@ def _search(graph: Graph, problem: SpecTensors, case_of: torch.Tensor, layers, d
     last_attack = time.perf_counter()
     use_fsb = options.branching == "fsb"
     bound_seconds = 0.0
+    own_seconds, resumed = 0.0, None
     while len(domains):
+        if resumed is not None:
+            own_seconds += time.perf_counter() - resumed
         yield
+        resumed = time.perf_counter()
+        if switch is not None and own_seconds >= switch[0]:
+            options, switch = switch[1], None
+            use_fsb, per_domain = options.branching == "fsb", 0.0
+            outcome.notes.append(f"layer-by-layer choice until {outcome.visited} sub-problems, then the usual one")
         take = batch_size
         if per_domain > 0 and hasattr(deadline, "remaining"):
             take = max(1, min(batch_size, int(0.5 * deadline.remaining() / per_domain)))

@@ -65,9 +65,11 @@ def test_input_split_bab_agrees_with_milp(seed: int) -> None:
         assert spec.is_violated_by(x, y)
 
 
-#: BaBOptions.layer_search_share: the usual search alone, the two searches taking turns, and
-#: the layer-by-layer search with nearly all the turns
-_PHASES = {"usual": 0.0, "both": 0.5, "layer": 0.99}
+#: the usual search alone, the two searches taking turns, the layer-by-layer search with nearly
+#: all the turns, and one that goes on with the usual choice after its first round (its
+#: sub-problems keep their re-derived intervals, then fixed)
+_PHASES = {"usual": {"layer_search_share": 0.0}, "both": {"layer_search_share": 0.5},
+           "layer": {"layer_search_share": 0.99}, "switch": {"layer_search_share": 0.99, "layer_search_switch": 1e-6}}
 
 
 @pytest.mark.parametrize("phase", sorted(_PHASES))
@@ -93,7 +95,7 @@ def test_relu_split_bab_agrees_with_milp(seed: int, warm: bool, phase: str) -> N
         alphas = {}
         _, root = optimise_all(graph, Interval(problem.lower, problem.upper), problem.C,
                                AlphaOptions(iterations=5, stop_above=None), final_alphas=alphas)
-    options = BaBOptions(layer_search_share=_PHASES[phase])
+    options = BaBOptions(**_PHASES[phase])
     assert layer_search_applies(graph, options) == (phase != "usual")
     outcome = relu_split_bab(graph, problem, _Deadline(30), options, root_bounds=root, root_alphas=alphas)
     if exact == "sat" and outcome.status == "unknown":
