@@ -12,7 +12,7 @@ import torch
 from bounds.graph.ir import INPUT, Graph, Node
 from bounds.ibp import propagate
 from bounds.ops import RULES
-from bounds.ops.base import ActivationRule, flat_sum
+from bounds.ops.base import ActivationRule, flat_sum, row_dot
 from bounds.types import Interval
 
 #: elements of the largest linear-coefficient tensor one backward pass may hold
@@ -28,8 +28,7 @@ def concretize_lower(A: torch.Tensor, x: Interval) -> torch.Tensor:
     one on an infinite end contributes -inf, so the bound is -inf (sound), never NaN.
     """
     if bool(torch.isfinite(x.lower).all() and torch.isfinite(x.upper).all()):
-        mid, rad = x.center.unsqueeze(1), x.radius.unsqueeze(1)
-        return flat_sum(A * mid) - flat_sum(A.abs() * rad)
+        return row_dot(A, x.center) - row_dot(A.abs(), x.radius)
     lower, upper = x.lower.unsqueeze(1), x.upper.unsqueeze(1)
     low_inf, up_inf = ~torch.isfinite(lower), ~torch.isfinite(upper)
     # finite parts with the infinite ends replaced by 0, so that no 0 * inf enters the sum (or

@@ -105,6 +105,18 @@ def flat_sum(t: torch.Tensor) -> torch.Tensor:
     return t.sum(dim=tuple(range(2, t.dim()))) if t.dim() > 2 else t
 
 
+def row_dot(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """flat_sum(A * v.unsqueeze(1)) for A (B, S, *shape), v (B|1, *shape') broadcastable.
+
+    When v holds exactly `shape` this is one batched matrix-vector product, which needs no
+    (B, S, *shape) temporary (the product and the sum are most of a backward step's memory
+    traffic on wide layers)."""
+    if v.dim() == A.dim() - 1 and v.shape[1:] == A.shape[2:] and v.shape[0] in (1, A.shape[0]) and A.dim() > 2:
+        flat = A.reshape(A.shape[0], A.shape[1], -1)
+        return torch.matmul(flat, v.reshape(v.shape[0], -1, 1).to(A.dtype)).squeeze(-1)
+    return flat_sum(A * v.unsqueeze(1))
+
+
 def int_list(t: torch.Tensor) -> list[int]:
     """A constant (batched, B=1) integer tensor as a Python list."""
     return [int(v) for v in t.reshape(-1).tolist()]
@@ -181,7 +193,12 @@ def relaxation_backward(A: torch.Tensor, relax: Relaxation) -> tuple[torch.Tenso
     pos = A.clamp(min=0)
     # A+ * lw + A- * uw, written with one clamp: A * uw + A+ * (lw - uw)
     new_A = torch.addcmul(A * uw, pos, lw - uw)
-    bias = flat_sum(torch.addcmul((A - pos) * ub, pos, lb))
+    if per_row:
+        bias = flat_sum(torch.addcmul((A - pos) * ub, pos, lb))
+    else:
+        bias = row_dot(A - pos, relax.ub)
+        if bool((relax.lb != 0).any()):   # ReLU-like lower lines pass through 0
+            bias = bias + row_dot(pos, relax.lb)
     return new_A, bias
 
 

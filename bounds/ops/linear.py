@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from bounds.ops.base import (LinearRule, align_ranks, flat_sum, int_list, sample_axis,
+from bounds.ops.base import (LinearRule, align_ranks, flat_sum, int_list, row_dot, sample_axis,
                              sample_rank, unbroadcast)
 from bounds.types import Interval
 
@@ -71,13 +71,15 @@ class Gemm(LinearRule):
         b = xs[1].lower[0]
         if node.attrs.get("transB", 0):
             b = b.transpose(-1, -2)
-        A_a = node.attrs.get("alpha", 1.0) * torch.matmul(A, b.transpose(-1, -2))
+        A_a = torch.matmul(A, b.transpose(-1, -2))
+        if node.attrs.get("alpha", 1.0) != 1.0:
+            A_a = node.attrs["alpha"] * A_a
         if node.attrs.get("transA", 0):
             A_a = A_a.transpose(-1, -2)
         bias = A.new_zeros(A.shape[:2])
         if len(xs) > 2:
             c = xs[2].lower[0] * node.attrs.get("beta", 1.0)
-            bias = flat_sum(A * c)
+            bias = row_dot(A, c.unsqueeze(0))
         return [A_a, None, None][: len(xs)], bias
 
 
@@ -132,10 +134,10 @@ class Add(LinearRule):
             s = 1.0 if i == 0 else self.sign
             if const:
                 c = x.lower[0]
-                bias = bias + s * flat_sum(A * c) if c.dim() <= A.dim() - 2 else bias + s * flat_sum(A * c.sum(0))
+                bias = bias + s * row_dot(A, c.unsqueeze(0)) if c.dim() <= A.dim() - 2 else bias + s * flat_sum(A * c.sum(0))
                 out.append(None)
             else:
-                out.append(unbroadcast(s * A, x.lower.shape[1:]))
+                out.append(unbroadcast(A if s == 1.0 else s * A, x.lower.shape[1:]))
         return out, bias
 
 
@@ -152,6 +154,19 @@ class Neg(LinearRule):
 
     def backward(self, node, A, xs, is_const):
         return [-A], A.new_zeros(A.shape[:2])
+
+
+def scaled_backward(A: torch.Tensor, x: Interval, c: torch.Tensor, divide: bool) -> torch.Tensor | None:
+    """Coefficients on x of A·(x * c) (or x / c) for a constant c (1, *shape'), without the
+    generic vector-Jacobian product; None when c is not smaller than the output (then the
+    generic rule applies)."""
+    c = c[0]
+    extra = A.dim() - 2 - c.dim()
+    if extra < 0:
+        return None
+    c = c.reshape(*([1] * (2 + extra)), *c.shape)
+    coeff = unbroadcast(A / c if divide else A * c, x.lower.shape[1:])
+    return coeff.reshape(A.shape[0], A.shape[1], *x.lower.shape[1:])
 
 
 class Mul(LinearRule):
@@ -171,6 +186,13 @@ class Mul(LinearRule):
     def backward(self, node, A, xs, is_const):
         if not any(is_const):
             raise NotImplementedError("Mul of two variables has no linear relaxation yet")
+        if is_const[0] != is_const[1]:
+            var = 0 if is_const[1] else 1
+            coeff = scaled_backward(A, xs[var], xs[1 - var].lower, divide=False)
+            if coeff is not None:
+                out: list[torch.Tensor | None] = [None, None]
+                out[var] = coeff
+                return out, A.new_zeros(A.shape[:2])
         return super().backward(node, A, xs, is_const)
 
 
@@ -193,6 +215,10 @@ class Div(LinearRule):
     def backward(self, node, A, xs, is_const):
         if not is_const[1]:
             raise NotImplementedError("Div by a variable has no linear relaxation yet")
+        if not is_const[0] and xs[1].lower.is_floating_point():
+            coeff = scaled_backward(A, xs[0], xs[1].lower, divide=True)
+            if coeff is not None:
+                return [coeff, None], A.new_zeros(A.shape[:2])
         return super().backward(node, A, xs, is_const)
 
 

@@ -16,7 +16,18 @@ def resolve_reshape(in_shape: tuple[int, ...], target: list[int], allowzero: boo
     return out
 
 
-class Reshape(LinearRule):
+class _Regroup(LinearRule):
+    """Ops that only regroup the elements in order (reshape): the transposed map is the
+    inverse reshape of the coefficients."""
+
+    def backward(self, node, A, xs, is_const):
+        if is_const[0]:
+            return super().backward(node, A, xs, is_const)
+        coeff = A.reshape(A.shape[0], A.shape[1], *xs[0].lower.shape[1:])
+        return [coeff] + [None] * (len(xs) - 1), A.new_zeros(A.shape[:2])
+
+
+class Reshape(_Regroup):
     constant_inputs = (1,)
 
     def forward(self, node, xs):
@@ -26,7 +37,7 @@ class Reshape(LinearRule):
         return x.reshape(x.shape[0], *shape)
 
 
-class Flatten(LinearRule):
+class Flatten(_Regroup):
     def forward(self, node, xs):
         x = xs[0]
         rank = sample_rank(x)
