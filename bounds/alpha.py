@@ -236,7 +236,8 @@ def alpha_spec_lower_bounds(graph: Graph, box: Interval, C: torch.Tensor, option
 
 def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOptions = AlphaOptions(),
                  deadline=None, final_alphas: dict[str, torch.Tensor] | None = None,
-                 initial: tuple[dict[str, Interval], float] | None = None
+                 initial: tuple[dict[str, Interval], float] | None = None,
+                 intermediate_slopes: dict[str, "IntermediateSlopes"] | None = None
                  ) -> tuple[torch.Tensor, dict[str, Interval]]:
     """alpha-CROWN with every intermediate bound optimised too (each pre-activation gets its
     own slopes), the final bound as the objective.
@@ -291,7 +292,50 @@ def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOpt
         best_out = torch.maximum(best_out, torch.maximum(final, concretize_lower(C, best[out])))
     if final_alphas is not None:
         final_alphas.update({act: v for (t, act), v in kept.items() if t == out})
+    if intermediate_slopes is not None:
+        for name, rows, _ in plans:
+            slopes = {act: v for (t, act), v in kept.items() if t == name}
+            if slopes:
+                intermediate_slopes[name] = IntermediateSlopes(rows, slopes)
     return best_out, best
+
+
+@dataclass(frozen=True)
+class IntermediateSlopes:
+    """The optimised slopes of one pre-activation's bound, as optimise_all found them: its
+    neurons `rows` (k,) and, per activation upstream, parameters (B, 2k, *shape) whose first
+    k rows belong to the lower bounds of those neurons and the last k to the upper bounds.
+
+    Any slopes are sound on any sub-box (a ReLU's lower line may have any slope in [0, 1]),
+    so sub-problems may bound these neurons with them instead of CROWN's default choice."""
+    rows: torch.Tensor
+    params: dict[str, torch.Tensor]
+
+    def take(self, cases: torch.Tensor) -> "IntermediateSlopes":
+        """The slopes of the given cases (parameters with batch 1 are shared by all)."""
+        return IntermediateSlopes(self.rows, {act: v if v.shape[0] == 1 else v[cases]
+                                              for act, v in self.params.items()})
+
+    def for_neurons(self, idx: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Parameters for the rows [lower of idx..., upper of idx...] of a bound of the
+        neurons idx (B, k) (flat indices, per sub-problem), or None when some of them were
+        not bounded by the search (then CROWN's choice is used for all)."""
+        k = len(self.rows)
+        numel = int(idx.max()) + 1 if idx.numel() else 0
+        position = torch.full((max(numel, int(self.rows.max()) + 1),), -1, dtype=torch.long, device=idx.device)
+        position[self.rows.to(idx.device)] = torch.arange(k, device=idx.device)
+        pos = position[idx]
+        if bool((pos < 0).any()):
+            return None
+        out = {}
+        for act, v in self.params.items():
+            if v.shape[0] == 1:
+                v0 = v[0]
+                out[act] = torch.cat([v0[pos], v0[pos + k]], dim=1)
+            else:
+                batch = torch.arange(v.shape[0], device=idx.device).unsqueeze(1)
+                out[act] = torch.cat([v[batch, pos], v[batch, pos + k]], dim=1)
+        return out
 
 
 def _plans(graph: Graph, bounds: dict[str, Interval], C: torch.Tensor) -> list:

@@ -125,12 +125,13 @@ def _refine_mask(interval: Interval, consumers: list[Node], graph: Graph | None 
 
 
 def crown_interval(graph: Graph, name: str, bounds: dict[str, Interval],
-                   mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                   mask: torch.Tensor, slopes=None) -> tuple[torch.Tensor, torch.Tensor]:
     """CROWN bounds of the neurons of `name` selected by mask (B, numel).
 
     Each sub-problem gets its own rows (as many as the busiest one needs), so a batch of
     mostly-stable domains is cheap. Returns flat (B, numel) lower/upper, -inf/+inf where
-    nothing was computed.
+    nothing was computed. `slopes` (bounds.alpha.IntermediateSlopes): optimised relaxation
+    slopes for these neurons' bounds, used instead of CROWN's default where they cover them.
     """
     ref = bounds[graph.inputs[0]].lower
     batch = max(mask.shape[0], max(b.lower.shape[0] for b in bounds.values()))
@@ -149,7 +150,12 @@ def crown_interval(graph: Graph, name: str, bounds: dict[str, Interval],
         C = torch.zeros(batch, 2 * k, numel, dtype=ref.dtype, device=ref.device)
         C[:, :k].scatter_(2, idx.unsqueeze(2), 1.0)
         C[:, k:].scatter_(2, idx.unsqueeze(2), -1.0)
-        lb = backward_lower(graph, name, C.reshape(batch, 2 * k, *shape), bounds)
+        alphas = None
+        if slopes is not None:
+            alphas = slopes.for_neurons(idx)
+            if alphas is not None:
+                alphas = {act: v.to(ref.dtype).expand(batch, *v.shape[1:]) for act, v in alphas.items()}
+        lb = backward_lower(graph, name, C.reshape(batch, 2 * k, *shape), bounds, alphas)
         low.scatter_(1, idx, lb[:, :k])
         up.scatter_(1, idx, -lb[:, k:])
     return low, up
@@ -175,7 +181,7 @@ def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
                         prior: dict[str, Interval] | None = None,
                         splits: dict[str, torch.Tensor] | None = None,
                         frozen: set[str] | None = None, grad: bool = False,
-                        deadline=None) -> dict[str, Interval]:
+                        deadline=None, slopes: dict | None = None) -> dict[str, Interval]:
     """Intervals for every value; inputs of nonlinear ops tightened by CROWN when asked.
 
     `prior` holds intervals known to be valid already (e.g. a parent sub-problem's, whose
@@ -187,6 +193,7 @@ def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
     (certified training: the intervals are differentiated w.r.t. the graph's constants).
     Once `deadline` (anything with .expired()) has passed, the remaining values keep their
     interval-arithmetic bounds: looser but sound, and the call returns within one layer.
+    `slopes` maps pre-activations to optimised slopes for their bounds (see crown_interval).
     """
     users = graph.consumers()
     relaxed = pre_activation_nodes(graph)
@@ -204,7 +211,7 @@ def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
         if not bool(mask.any()):
             return interval
         known[node.name] = interval  # CROWN may cut through this node's own consumers' inputs
-        low, up = crown_interval(graph, node.name, known, mask)
+        low, up = crown_interval(graph, node.name, known, mask, (slopes or {}).get(node.name))
         shape = (low.shape[0], *interval.lower.shape[1:])
         return interval.intersect(Interval(low.reshape(shape), up.reshape(shape)))
 
@@ -217,17 +224,19 @@ def spec_lower_bounds(graph: Graph, box: Interval, C: torch.Tensor, method: str 
                       record: dict[str, torch.Tensor] | None = None,
                       prior: dict[str, Interval] | None = None,
                       splits: dict[str, torch.Tensor] | None = None,
-                      frozen: set[str] | None = None, grad: bool = False, deadline=None) -> torch.Tensor:
+                      frozen: set[str] | None = None, grad: bool = False, deadline=None,
+                      slopes: dict | None = None) -> torch.Tensor:
     """Lower bounds of C·y over the box; C (B, S, n_outputs) over the flattened first output.
 
     A `bounds` dict passed in is filled with every intermediate interval (callers keep them
     as `prior` for sub-problems of this box). `grad=True`: differentiable (certified training).
-    `deadline`: see intermediate_bounds.
+    `deadline`, `slopes`: see intermediate_bounds.
     """
     out = graph.outputs[0]
     shape = graph[out].shape
     with _grad_mode(grad):
-        bounds = intermediate_bounds(graph, box, method, bounds, prior, splits, frozen, grad=grad, deadline=deadline)
+        bounds = intermediate_bounds(graph, box, method, bounds, prior, splits, frozen, grad=grad, deadline=deadline,
+                                     slopes=slopes)
         C = C.reshape(C.shape[0], C.shape[1], *shape)
         if method == "ibp":
             return concretize_lower(C, bounds[out])

@@ -16,7 +16,8 @@ from typing import Callable
 
 import torch
 
-from bounds.alpha import AlphaOptions, bound_with, graph_dtype, init_alphas, optimise_lower, search_graph
+from bounds.alpha import (AlphaOptions, IntermediateSlopes, bound_with, graph_dtype, init_alphas, optimise_lower,
+                          search_graph)
 from bounds.crown import apply_splits, pre_activation_nodes, spec_lower_bounds
 from bounds.graph.interpret import run
 from bounds.graph.ir import Graph
@@ -312,8 +313,10 @@ def _search_open(graph: Graph, problem: SpecTensors, batch: ReluDomains, idx: to
 
 
 def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed: set[str], order: dict[str, int],
-                 options: BaBOptions, beta_options: AlphaOptions, deadline):
+                 options: BaBOptions, beta_options: AlphaOptions, deadline,
+                 slopes: dict[str, IntermediateSlopes] | None = None):
     """Bound a batch of sub-problems: CROWN first, then beta-CROWN on those still open.
+    Re-derived intervals (options.refine_intermediate) use `slopes` where they have them.
 
     Returns None when every sub-problem is refuted (or infeasible), else the still-open ones:
     (index into the batch, case boxes, intervals, lower bounds, margins, optimised
@@ -336,8 +339,12 @@ def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed
     computed: dict[str, Interval] = {}
     box = Interval(problem.lower[batch.case], problem.upper[batch.case])
     C = problem.C[batch.case]
+    batch_slopes = None
+    if options.refine_intermediate and slopes:
+        batch_slopes = {k: v.take(batch.case) for k, v in slopes.items()}
     lower = spec_lower_bounds(graph, box, C, "crown", bounds=computed,
-                              prior=batch.inter or None, splits=batch.splits, frozen=frozen, deadline=deadline)
+                              prior=batch.inter or None, splits=batch.splits, frozen=frozen, deadline=deadline,
+                              slopes=batch_slopes)
     infeasible = torch.zeros(len(batch), dtype=torch.bool, device=device)
     for name in relaxed:
         iv = computed[name]
@@ -358,7 +365,8 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
                    root_bounds: dict[str, Interval] | None = None,
                    root_alphas: dict[str, torch.Tensor] | None = None,
                    falsify: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int] | None] | None = None,
-                   tighten: Callable[[dict[str, Interval]], dict[str, Interval]] | None = None
+                   tighten: Callable[[dict[str, Interval]], dict[str, Interval]] | None = None,
+                   root_slopes: dict[str, IntermediateSlopes] | None = None
                    ) -> BaBOutcome:
     """Decide the spec by splitting unstable ReLUs until every sub-problem is refuted.
 
@@ -374,6 +382,9 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     valid on that box (e.g. by MILP); it is called once, after options.milp_refine_after of
     the time left, and only when every sub-problem shares its case's intervals and all
     cases have the same box.
+    `root_slopes` (the intermediate bounds' optimised slopes from the same alpha-CROWN run,
+    batch 1 or K) bound the neurons of sub-problems whose intervals are re-derived
+    (BaBOptions.refine_intermediate) in place of CROWN's default slopes.
     On deep narrow networks a second, layer-by-layer search takes turns with this one
     (BaBOptions.layer_search_share); the first to finish decides.
     """
@@ -387,6 +398,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         return BaBOutcome("unsat", elapsed=time.perf_counter() - start)
     problem, case_of = split.problem, split.case_of
     root_bounds, root_alphas, falsify = split.carry(root_bounds, root_alphas, falsify)
+    root_slopes = {k: v.take(split.case_of) for k, v in (root_slopes or {}).items()}
     kinds, shares = [options], [1.0]
     if layer_search_applies(graph, options):
         # deep narrow nets: a layer-by-layer search with re-derived intervals runs beside the
@@ -416,7 +428,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         return note
 
     searches = [_search(graph, problem, case_of, layers, deadline, kind, outcomes[i], report(i), root_bounds,
-                        root_alphas, falsify, tighten, switches[i]) for i, kind in enumerate(kinds)]
+                        root_alphas, falsify, tighten, switches[i], root_slopes) for i, kind in enumerate(kinds)]
     spent = [0.0] * len(kinds)
     active = list(range(len(kinds)))
     while active:
@@ -451,7 +463,7 @@ def _combined(outcomes: list[BaBOutcome], finished: list[bool], start: float) ->
 
 def _search(graph: Graph, problem: SpecTensors, case_of: torch.Tensor, layers, deadline, options: BaBOptions,
             outcome: BaBOutcome, progress, root_bounds, root_alphas, falsify, tighten,
-            switch: tuple[float, BaBOptions] | None = None):
+            switch: tuple[float, BaBOptions] | None = None, slopes: dict[str, IntermediateSlopes] | None = None):
     """One branch-and-bound search (relu_split_bab), a generator that yields after each round
     so that searches can take turns; its result is left in `outcome`. `switch` = (seconds,
     options): after that many seconds of its own rounds it goes on with those options."""
@@ -530,7 +542,7 @@ def _search(graph: Graph, problem: SpecTensors, case_of: torch.Tensor, layers, d
             batch = dataclasses.replace(batch, inter={k: Interval(v.lower[batch.case], v.upper[batch.case])
                                                       for k, v in shared.items()})
         try:
-            bounded = _bound_round(graph, problem, batch, relaxed, order, options, beta_options, deadline)
+            bounded = _bound_round(graph, problem, batch, relaxed, order, options, beta_options, deadline, slopes)
             bound_seconds = time.perf_counter() - round_start
         except (RuntimeError, MemoryError) as exc:
             batch_size = requeue_smaller(exc, batch_size, domains, batch, device)

@@ -29,7 +29,7 @@ from branching.milp import exact_search, milp_encodable, relu_count, unstable_re
 from branching.milp_refine import RefineOptions, refine_intervals
 from branching.general_split import general_split_bab
 from branching.relu_split import relu_split_bab
-from bounds.alpha import optimise_all
+from bounds.alpha import IntermediateSlopes, optimise_all
 from bounds.ops import RULES
 from bounds.ops.base import ActivationRule
 from branching.problem import SpecTensors, round_outward
@@ -625,9 +625,11 @@ class _Run:
                     "ReLU splitting" if self.relu_split_applies() else "alpha-CROWN")
             t = time.monotonic()
             root_alphas: dict[str, torch.Tensor] = {}
+            root_slopes: dict[str, IntermediateSlopes] = {}
             lower, root = optimise_all(graph, Interval(problem.lower, problem.upper), problem.C,
                                        self.options.alpha, self.deadline.within(0.25 * self.deadline.remaining()),
-                                       final_alphas=root_alphas, initial=self.crown_intervals)
+                                       final_alphas=root_alphas, initial=self.crown_intervals,
+                                       intermediate_slopes=root_slopes)
             self.timed("alpha-crown", t)
             refuted = problem.refuted(torch.arange(problem.n_cases, device=problem.lower.device), lower)
             if bool(refuted.all()):
@@ -656,7 +658,7 @@ class _Run:
                     return exact
                 outcome = relu_split_bab(graph, problem, self.deadline, self.options.bab, progress, root,
                                          root_alphas, falsify=self.falsify_from,
-                                         tighten=self.late_tightening(graph, problem))
+                                         tighten=self.late_tightening(graph, problem), root_slopes=root_slopes)
         self.details["bab"] = {"kind": kind, "visited": outcome.visited, "max_depth": outcome.max_depth,
                                "seconds": round(outcome.elapsed, 3)}
         if outcome.status == "unsat":

@@ -77,7 +77,8 @@ _PHASES = {"usual": {"layer_search_share": 0.0}, "both": {"layer_search_share": 
 @pytest.mark.parametrize("seed", range(30))
 def test_relu_split_bab_agrees_with_milp(seed: int, warm: bool, phase: str) -> None:
     """`root-bounds`: started as the verifier starts it, from alpha-CROWN's intervals and
-    slopes, so that rounds keep the case's intervals and run the warm beta search alone."""
+    slopes (the output bound's and the intermediate bounds', which re-derived intervals use),
+    so that rounds keep the case's intervals and run the warm beta search alone."""
     from branching.bab import BaBOptions
     from branching.relu_split import layer_search_applies, relu_split_bab
 
@@ -87,17 +88,19 @@ def test_relu_split_bab_agrees_with_milp(seed: int, warm: bool, phase: str) -> N
     if abs(best) < 1e-4:
         pytest.skip("borderline: the MILP optimum is within solver tolerance of 0")
     problem = SpecTensors.from_spec(spec, graph.input.shape)
-    root, alphas = None, None
+    root, alphas, slopes = None, None, None
     if warm:
         from bounds.alpha import AlphaOptions, optimise_all
         from bounds.types import Interval
 
-        alphas = {}
+        alphas, slopes = {}, {}
         _, root = optimise_all(graph, Interval(problem.lower, problem.upper), problem.C,
-                               AlphaOptions(iterations=5, stop_above=None), final_alphas=alphas)
+                               AlphaOptions(iterations=5, stop_above=None), final_alphas=alphas,
+                               intermediate_slopes=slopes)
     options = BaBOptions(**_PHASES[phase])
     assert layer_search_applies(graph, options) == (phase != "usual")
-    outcome = relu_split_bab(graph, problem, _Deadline(30), options, root_bounds=root, root_alphas=alphas)
+    outcome = relu_split_bab(graph, problem, _Deadline(30), options, root_bounds=root, root_alphas=alphas,
+                             root_slopes=slopes)
     if exact == "sat" and outcome.status == "unknown":
         return  # neuron splitting alone need not find a counterexample; it must never say unsat
     assert outcome.status == exact, f"ReLU BaB says {outcome.status}, MILP says {exact} (t*={best})"
@@ -135,3 +138,30 @@ def test_relu_split_bab_with_milp_tightened_intervals_agrees_with_milp(seed: int
         return
     assert outcome.status == exact, f"ReLU BaB says {outcome.status}, MILP says {exact} (t*={best})"
     assert calls == [1]  # the search ran (alpha-CROWN alone does not decide these) and tightened once
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_relu_split_bab_on_two_boxes_with_per_case_slopes_agrees_with_milp(seed: int) -> None:
+    """Two input boxes: alpha-CROWN's intermediate slopes are per case (batch 2), and the
+    layer search's sub-problems must read their own case's."""
+    from bounds.alpha import AlphaOptions, optimise_all
+    from bounds.types import Interval
+    from branching.bab import BaBOptions
+    from branching.relu_split import relu_split_bab
+
+    graph = random_mlp(200 + seed, width=8, depth=3, n_in=4, n_out=3, acts=["Relu"])
+    first, second = _random_spec(graph, seed), _random_spec(graph, seed + 1000)
+    spec = Spec(first.n_inputs, first.n_outputs, first.cases + second.cases)
+    exact, _, best = verify_milp(graph, spec, time_limit=30)
+    if abs(best) < 1e-4:
+        pytest.skip("borderline: the MILP optimum is within solver tolerance of 0")
+    problem = SpecTensors.from_spec(spec, graph.input.shape)
+    alphas, slopes = {}, {}
+    _, root = optimise_all(graph, Interval(problem.lower, problem.upper), problem.C,
+                           AlphaOptions(iterations=5, stop_above=None), final_alphas=alphas, intermediate_slopes=slopes)
+    assert any(v.shape[0] == 2 for s in slopes.values() for v in s.params.values())
+    outcome = relu_split_bab(graph, problem, _Deadline(30), BaBOptions(layer_search_share=0.99), root_bounds=root,
+                             root_alphas=alphas, root_slopes=slopes)
+    if exact == "sat" and outcome.status == "unknown":
+        return
+    assert outcome.status == exact, f"ReLU BaB says {outcome.status}, MILP says {exact} (t*={best})"
