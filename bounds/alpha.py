@@ -299,10 +299,14 @@ def optimise_all(graph: Graph, box: Interval, C: torch.Tensor, options: AlphaOpt
         final_alphas.update({act: v for (t, act), v in kept.items() if t == out})
     if intermediate_slopes is not None:
         for name, rows, _ in plans:
-            slopes = {act: v for (t, act), v in kept.items() if t == name}
+            slopes = {act: v for (t, act), v in kept.items() if t == name and graph[act].op in _ANY_INTERVAL}
             if slopes:
                 intermediate_slopes[name] = IntermediateSlopes(rows, slopes)
     return best_out, best
+
+
+#: activations whose projected slopes stay sound on every sub-interval of the one searched on
+_ANY_INTERVAL = frozenset({"Relu", "LeakyRelu"})
 
 
 @dataclass(frozen=True)
@@ -311,8 +315,9 @@ class IntermediateSlopes:
     neurons `rows` (k,) and, per activation upstream, parameters (B, 2k, *shape) whose first
     k rows belong to the lower bounds of those neurons and the last k to the upper bounds.
 
-    Any slopes are sound on any sub-box (a ReLU's lower line may have any slope in [0, 1]),
-    so sub-problems may bound these neurons with them instead of CROWN's default choice."""
+    Only the slopes of activations in _ANY_INTERVAL are kept: a ReLU's lower line may have
+    any slope in [0, 1] on any interval, so sub-problems (narrower intervals) may bound these
+    neurons with them instead of CROWN's default choice."""
     rows: torch.Tensor
     params: dict[str, torch.Tensor]
 

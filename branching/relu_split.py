@@ -398,10 +398,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         return BaBOutcome("unsat", elapsed=time.perf_counter() - start)
     problem, case_of = split.problem, split.case_of
     root_bounds, root_alphas, falsify = split.carry(root_bounds, root_alphas, falsify)
-    # only ReLU slopes: a ReLU's lower line is sound with any slope in [0, 1] on any interval,
-    # which is what reusing them on sub-problems needs
-    root_slopes = {k: IntermediateSlopes(v.rows, relu).take(split.case_of) for k, v in (root_slopes or {}).items()
-                   if (relu := {a: t for a, t in v.params.items() if graph[a].op in ("Relu", "LeakyRelu")})}
+    root_slopes = {k: v.take(split.case_of) for k, v in (root_slopes or {}).items()}
     kinds, shares = [options], [1.0]
     if layer_search_applies(graph, options):
         # deep narrow nets: a layer-by-layer search with re-derived intervals runs beside the
