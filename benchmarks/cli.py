@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="verifier device (cpu, cuda, cuda:N)")
     p.add_argument("--method", choices=("crown", "ibp"), default="crown", help="bound method")
     p.add_argument("--seed", type=int, default=0, help="verifier seed")
+    p.add_argument("--arithmetic", choices=("float32", "exact"), default="float32",
+                   help="which network unsat is about (see verify --help)")
     p.add_argument("--worker-command", metavar="CMD",
                    help="advanced: the command that starts a local worker (it must speak the protocol of "
                         "benchmarks/jobs.py); default: this Python -m benchmarks.worker")
@@ -126,7 +128,7 @@ def _run(args: argparse.Namespace, chosen: list, results) -> None:
     from benchmarks.runner import RunOptions, run_instances
 
     options = RunOptions(timeout_scale=args.timeout_scale, max_timeout=args.max_timeout, device=args.device,
-                         seed=args.seed, bound_method=args.method)
+                         seed=args.seed, bound_method=args.method, arithmetic=args.arithmetic)
     if args.backend == "ray":
         from benchmarks.ray_pool import RayPool
 

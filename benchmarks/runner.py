@@ -28,7 +28,7 @@ class Backend(Protocol):
 class RunOptions:
     """timeout_scale  each instance's published limit is multiplied by this
     max_timeout       ... and then capped at this many seconds (0: no cap)
-    device, seed, bound_method  passed to VerifyOptions in the workers
+    device, seed, bound_method, arithmetic  passed to VerifyOptions in the workers
     """
 
     timeout_scale: float = 1.0
@@ -36,6 +36,7 @@ class RunOptions:
     device: str = "cpu"
     seed: int = 0
     bound_method: str = "crown"
+    arithmetic: str = "float32"
 
     def __post_init__(self) -> None:
         if not self.timeout_scale > 0:
@@ -48,7 +49,8 @@ class RunOptions:
         return min(limit, self.max_timeout) if self.max_timeout > 0 else limit
 
     def verify_options(self) -> dict[str, object]:
-        return {"device": self.device, "seed": self.seed, "bound_method": self.bound_method}
+        return {"device": self.device, "seed": self.seed, "bound_method": self.bound_method,
+                "arithmetic": self.arithmetic}
 
 
 @dataclass

@@ -10,8 +10,12 @@ from bounds.types import Interval
 from specs import Spec
 
 #: a row refutes only with a certified margin above this float32 allowance, relative to the
-#: magnitudes involved: REFUTE_SLACK * (1 + |d| + |lower bound|)
+#: magnitudes involved: REFUTE_SLACK * (1 + |d| + |lower bound|). It makes the answer hold for
+#: the model as onnxruntime runs it in float32 too, and covers float32 bounds' own rounding
 REFUTE_SLACK = 1e-6
+#: the allowance when the property is judged on the network in exact arithmetic and the bounds
+#: are float64: it only covers their own rounding (unit roundoff 1.1e-16, six orders below)
+EXACT_SLACK = 1e-10
 
 
 def round_outward(values, direction: int) -> torch.Tensor:
@@ -30,9 +34,9 @@ def round_outward(values, direction: int) -> torch.Tensor:
     return torch.from_numpy(v32)
 
 
-def certified_margin(row_lower: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """lower(C·y) - d, reduced by the rounding allowance; > 0 proves the row."""
-    return row_lower - d - REFUTE_SLACK * (1 + d.abs() + row_lower.abs())
+def certified_margin(row_lower: torch.Tensor, d: torch.Tensor, slack: float = REFUTE_SLACK) -> torch.Tensor:
+    """lower(C·y) - d, reduced by the rounding allowance `slack` (relative); > 0 proves the row."""
+    return row_lower - d - slack * (1 + d.abs() + row_lower.abs())
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,11 @@ class SpecTensors:
     group: torch.Tensor       # (K, R) long, polytope index of each row, -1 on padding
     onehot: torch.Tensor      # (K, R, P) float, row -> polytope membership
     real: torch.Tensor        # (K, P) bool, polytope exists in this case
+    slack: float = REFUTE_SLACK   # relative rounding allowance of every refutation
 
     @staticmethod
     def from_spec(spec: Spec, input_shape: tuple[int, ...], device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32) -> "SpecTensors":
+                  dtype: torch.dtype = torch.float32, slack: float = REFUTE_SLACK) -> "SpecTensors":
         K = len(spec.cases)
         stacked = [case.stacked() for case in spec.cases]
         R = max([1] + [len(s[1]) for s in stacked])
@@ -80,7 +85,7 @@ class SpecTensors:
             upper = torch.stack([torch.tensor(c.upper) for c in spec.cases]).reshape(K, *input_shape)
         to = dict(device=device, dtype=dtype)
         return SpecTensors(lower.to(**to), upper.to(**to), C.to(**to), d.to(**to), group.to(device),
-                           onehot.to(device), real.to(device))
+                           onehot.to(device), real.to(device), slack)
 
     @property
     def n_cases(self) -> int:
@@ -106,7 +111,7 @@ class SpecTensors:
         d = torch.where(valid, self.d.gather(1, rows), torch.zeros_like(rows, dtype=self.d.dtype))
         group = torch.where(valid, self.group.gather(1, rows), torch.full_like(rows, -1))
         onehot = self.onehot.gather(1, rows.unsqueeze(-1).expand(K, width, P)) * valid.unsqueeze(-1).to(self.onehot.dtype)
-        return SpecTensors(self.lower, self.upper, C, d, group, onehot, self.real & ~closed), rows
+        return SpecTensors(self.lower, self.upper, C, d, group, onehot, self.real & ~closed, self.slack), rows
 
     @staticmethod
     def take_rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -118,13 +123,13 @@ class SpecTensors:
 
     def refuted(self, case: torch.Tensor, row_lower: torch.Tensor) -> torch.Tensor:
         """(N, P) bool: polytope proven unreachable, from lower bounds of C·y (N, R)."""
-        proven = (certified_margin(row_lower, self.d[case]) > 0) & (self.group[case] >= 0)
+        proven = (certified_margin(row_lower, self.d[case], self.slack) > 0) & (self.group[case] >= 0)
         hits = torch.einsum("nr,nrp->np", proven.to(self.onehot.dtype), self.onehot[case])
         return (hits > 0) | ~self.real[case]
 
     def margins(self, case: torch.Tensor, row_lower: torch.Tensor) -> torch.Tensor:
         """(N,) the worst polytope's best row margin; > 0 means the domain is verified."""
-        margin = certified_margin(row_lower, self.d[case]).unsqueeze(-1)
+        margin = certified_margin(row_lower, self.d[case], self.slack).unsqueeze(-1)
         member = self.onehot[case] > 0
         best = torch.where(member, margin, torch.full_like(margin, -torch.inf)).amax(1)  # (N, P)
         best = torch.where(self.real[case], best, torch.full_like(best, torch.inf))
@@ -186,7 +191,7 @@ class PolytopeSplit:
         group = torch.where(pad, torch.full_like(safe, -1), torch.zeros_like(safe))
         onehot = (~pad).to(problem.onehot.dtype).unsqueeze(-1)
         real = torch.ones(len(pairs), 1, dtype=torch.bool, device=device)
-        sub = SpecTensors(problem.lower[case_of], problem.upper[case_of], C, d, group, onehot, real)
+        sub = SpecTensors(problem.lower[case_of], problem.upper[case_of], C, d, group, onehot, real, problem.slack)
         return PolytopeSplit(sub, case_of, index, K, problem.C.shape[1])
 
     def carry(self, bounds: dict[str, Interval] | None, per_row: dict[str, torch.Tensor] | None,

@@ -52,9 +52,6 @@ SpecLike = Union[str, Path, Spec]
 
 #: most input boxes bounded in one batch (halved on out-of-memory)
 MAX_CASES_PER_BATCH = 64
-#: a row refutes a polytope only when its certified margin exceeds this float32 allowance,
-#: relative to the magnitudes involved: 1e-6 * (1 + |d_i| + |lower bound_i|)
-BOUND_SLACK = 1e-6
 #: box centres compared between our graph and the reference before anything else
 CROSSCHECK_POINTS = 4
 
@@ -308,7 +305,7 @@ class _Run:
                 lb = lb - np.einsum("bso,bo->bs", rounding, y_abs)
         with np.errstate(invalid="ignore"):
             row_margin = lb - d
-            slack = BOUND_SLACK * (1 + np.abs(np.where(np.isfinite(d), d, 0)) + np.abs(np.nan_to_num(lb)))
+            slack = self.options.refute_slack(dtype) * (1 + np.abs(np.where(np.isfinite(d), d, 0)) + np.abs(np.nan_to_num(lb)))
             refutes = row_margin > slack                     # NaN compares False: never refutes
         for b, k in enumerate(batch):
             _, _, group = stacks[b]
@@ -608,7 +605,8 @@ class _Run:
     def branch_and_bound(self) -> Result | None:
         """Input-splitting BaB over every case; a verdict, or None (then `unknown`)."""
         graph = self.bound_graph
-        problem = SpecTensors.from_spec(self.spec, tuple(graph.input.shape), self.device, self.bound_dtype)
+        problem = SpecTensors.from_spec(self.spec, tuple(graph.input.shape), self.device, self.bound_dtype,
+                                        slack=self.options.refute_slack(self.bound_dtype))
         last = [time.monotonic()]
 
         def progress(state: BaBOutcome, waiting: int) -> None:
@@ -775,6 +773,7 @@ def verify(model: ModelLike, spec: SpecLike, *, options: VerifyOptions | None = 
                deadline=deadline, instance=instance,
                gen=torch.Generator().manual_seed(options.seed), device=device)
     run.details["precision"] = str(bound_dtype).replace("torch.", "")
+    run.details["arithmetic"] = options.arithmetic
     run.timed("load", t)
     progress_log.info("%s: %d input box(es), %d inputs, %d outputs, loaded in %.2f s",
                       instance, len(spec_obj.cases), n_in, n_out, time.monotonic() - t)

@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("crown", "ibp"), default="crown", help="bound method (default crown)")
     p.add_argument("--precision", choices=("auto", "float64", "float32"), default="auto",
                    help="floating point of the bounds (default auto: float64 on the CPU, float32 on a GPU)")
+    p.add_argument("--arithmetic", choices=("float32", "exact"), default="float32",
+                   help="which network unsat is about: float32 (default) also as onnxruntime runs it, so "
+                        "margins must clear a 1e-6 relative allowance; exact: the weights in exact "
+                        "arithmetic, as VNN-LIB's Real variables and other verifiers read it")
     p.add_argument("--seed", type=int, default=0, help="random seed of the attack (default 0)")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of the summary line")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the result word; no log messages")
@@ -251,7 +255,7 @@ def _run(args: argparse.Namespace, reporter: Reporter, margin: float) -> int:
             check_device(args.device)
             budget = max(0.0, args.timeout - 2 * margin - reporter.elapsed())
             options = VerifyOptions(timeout=budget, device=args.device, bound_method=args.method, seed=args.seed,
-                                    precision=args.precision)
+                                    precision=args.precision, arithmetic=args.arithmetic)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             _report_error(reporter, str(exc), "usage")

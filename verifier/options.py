@@ -15,6 +15,8 @@ BoundMethod = Literal["crown", "ibp"]
 BOUND_METHODS: tuple[str, ...] = ("crown", "ibp")
 Precision = Literal["auto", "float64", "float32"]
 PRECISIONS: tuple[str, ...] = ("auto", "float64", "float32")
+Arithmetic = Literal["float32", "exact"]
+ARITHMETICS: tuple[str, ...] = ("float32", "exact")
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,15 @@ class VerifyOptions:
                   "float32" is faster on GPUs and relies on that slack alone; "auto" (default)
                   picks float64 on the CPU and float32 on a GPU. Attacks always run in float32
                   (their answers are replayed anyway).
+    arithmetic    which network `unsat` speaks about. "float32" (default): every certified
+                  margin must exceed an allowance of 1e-6 x (1 + |d| + |bound|), so the answer
+                  also holds for the model as onnxruntime runs it in float32, where a margin of
+                  a few units in the last place can go either way. "exact": the network computed
+                  exactly on its stored weights, as VNN-LIB declares its variables Real and as
+                  other verifiers read it; with float64 bounds the allowance then only covers
+                  their own rounding (1e-10 relative; float32 bounds keep 1e-6). Specs written
+                  with a 1e-6 tolerance against outputs that saturate (ml4acopf) are decided
+                  only this way. `sat` is the same either way: replayed in onnxruntime.
     """
 
     timeout: float = 300.0
@@ -102,6 +113,7 @@ class VerifyOptions:
     pre_bab_attack_seconds: float = 0.25
     pre_neuron_bab_attack_seconds: float = 2.0
     precision: Precision = "auto"
+    arithmetic: Arithmetic = "float32"
 
     def __post_init__(self) -> None:
         if not isinstance(self.timeout, (int, float)) or math.isnan(self.timeout) or self.timeout < 0:
@@ -115,6 +127,9 @@ class VerifyOptions:
             raise ValueError(f"VerifyOptions.seed must be an integer, got {self.seed!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"VerifyOptions.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.arithmetic not in ARITHMETICS:
+            raise ValueError(f"VerifyOptions.arithmetic must be one of {', '.join(ARITHMETICS)}, "
+                             f"got {self.arithmetic!r}")
         if not isinstance(self.attack, AttackOptions):
             raise ValueError("VerifyOptions.attack must be an AttackOptions")
 
@@ -124,6 +139,14 @@ class VerifyOptions:
 
         choice = self.precision if self.precision != "auto" else ("float64" if device_type == "cpu" else "float32")
         return torch.float64 if choice == "float64" else torch.float32
+
+    def refute_slack(self, dtype: "torch.dtype") -> float:
+        """Relative rounding allowance a certified margin must exceed to refute a row."""
+        import torch
+
+        from branching.problem import EXACT_SLACK, REFUTE_SLACK
+
+        return EXACT_SLACK if self.arithmetic == "exact" and dtype == torch.float64 else REFUTE_SLACK
 
     def with_(self, **changes) -> "VerifyOptions":
         """A copy with some fields changed (dataclasses.replace, validated again)."""

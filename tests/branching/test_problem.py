@@ -30,6 +30,23 @@ def test_a_margin_inside_the_rounding_allowance_does_not_refute() -> None:
     assert bool(problem.refuted(case, torch.tensor([[1e-3]])).all())
 
 
+def test_exact_arithmetic_allowance_is_kept_by_every_derived_problem() -> None:
+    from branching.problem import EXACT_SLACK
+
+    spec = Spec(2, 2, (SpecCase(np.zeros(2), np.ones(2), (Polytope(np.array([[1.0, -1.0]]), np.array([-6.53])),
+                                                          Polytope(np.array([[-1.0, 0.0]]), np.array([0.0])))),))
+    case = torch.zeros(1, dtype=torch.long)
+    lower = torch.tensor([[-6.53 + 7.9e-7, 1.0]], dtype=torch.float64)   # row 0 clears by 7.9e-7
+    loose = SpecTensors.from_spec(spec, (2,), dtype=torch.float64)
+    exact = SpecTensors.from_spec(spec, (2,), dtype=torch.float64, slack=EXACT_SLACK)
+    assert loose.refuted(case, lower).tolist() == [[False, True]]
+    assert exact.refuted(case, lower).tolist() == [[True, True]]
+    assert not bool(exact.refuted(case, torch.tensor([[-6.53 + 1e-10, 1.0]], dtype=torch.float64))[0, 0])
+    small, rows = exact.open_part(torch.tensor([[False, True]]))
+    assert small.slack == EXACT_SLACK and bool(small.refuted(case, lower[:, :1]).all())
+    assert PolytopeSplit.of(exact).problem.slack == EXACT_SLACK
+
+
 def test_open_part_keeps_exactly_the_open_polytopes_rows() -> None:
     rng = np.random.default_rng(3)
     polys = lambda sizes: tuple(Polytope(rng.normal(size=(n, 3)), rng.normal(size=n)) for n in sizes)

@@ -198,3 +198,22 @@ def test_bounds_default_to_float64_on_the_cpu_and_float32_on_request(tmp_path):
     for precision, word in (("auto", "float64"), ("float32", "float32")):
         res = verify(net, parse_vnnlib_text(F.UNSAT), options=VerifyOptions(timeout=30, precision=precision))
         assert res.outcome.word == "unsat" and res.details["precision"] == word
+
+
+def test_exact_arithmetic_decides_a_spec_tight_against_a_saturated_output():
+    """y = 6.53 * sigmoid(x) on x in [40, 50] never exceeds 6.53: the spec's unsafe set
+    y >= 6.530001 is 1e-6 away, inside the float32 allowance but far outside float64 rounding."""
+    from verifier import VerifyOptions, verify
+
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.Sigmoid(), torch.nn.Linear(1, 1))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0), model[0].bias.zero_()
+        model[2].weight.fill_(6.53), model[2].bias.zero_()
+    spec = Spec(1, 1, (SpecCase([40.0], [50.0], (Polytope([[-1.0]], [-6.530001]),)),))
+    with pytest.raises(ValueError, match="arithmetic"):
+        VerifyOptions(arithmetic="real")
+    default = verify(model, spec, options=VerifyOptions(timeout=4))
+    exact = verify(model, spec, options=VerifyOptions(timeout=30, arithmetic="exact"))
+    assert default.outcome.word != "unsat" and default.outcome.word != "sat"
+    assert exact.outcome.word == "unsat" and exact.details["arithmetic"] == "exact"
+    assert VerifyOptions(arithmetic="exact").refute_slack(torch.float32) == VerifyOptions().refute_slack(torch.float64)
