@@ -66,3 +66,27 @@ def test_row_dot_is_the_flat_sum_of_the_product(v_shape) -> None:
     # also on a non-contiguous coefficient tensor (a crop, as conv backward leaves)
     wide = torch.randn(3, 6, 4, 7, generator=g, dtype=torch.float64)
     torch.testing.assert_close(row_dot(wide[..., 1:6], v), flat_sum(wide[..., 1:6] * v.unsqueeze(1)))
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("ub_shape", ["full", "channel"])
+def test_relaxation_backward_matches_the_textbook_sum(per_row, ub_shape):
+    """A+ * lw + A- * uw and sum(A+ * lb + A- * ub), for shared and per-row lines, lower lines
+    through 0 or not, and an upper offset broadcast over a dimension."""
+    from bounds.ops.base import relaxation_backward
+    from bounds.types import Relaxation
+
+    g = torch.Generator().manual_seed(1 + per_row)
+    B, S, shape = 3, 4, (2, 5)
+    A = torch.randn(B, S, *shape, generator=g, dtype=torch.float64)
+    rows = (B, S) if per_row else (B,)
+    lead = (B, 1) if per_row else (B,)
+    lw = torch.rand(*rows, *shape, generator=g, dtype=torch.float64)
+    uw = torch.rand(*lead, *shape, generator=g, dtype=torch.float64)
+    ub = torch.randn(*lead, *((2, 1) if ub_shape == "channel" else shape), generator=g, dtype=torch.float64)
+    for lb in (torch.zeros(*lead, *shape, dtype=torch.float64), torch.randn(*lead, *shape, generator=g, dtype=torch.float64)):
+        new_A, bias = relaxation_backward(A, Relaxation(lw, lb, uw, ub))
+        widen = (lambda t: t) if per_row else (lambda t: t.unsqueeze(1))
+        pos, neg = A.clamp(min=0), A.clamp(max=0)
+        assert torch.allclose(new_A, pos * widen(lw) + neg * widen(uw))
+        assert torch.allclose(bias, flat_sum(pos * widen(lb) + neg * widen(ub).expand_as(A)))
