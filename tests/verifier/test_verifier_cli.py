@@ -69,6 +69,14 @@ def test_main_quiet_and_ibp(net, tmp_path, capsys):
     assert code == 0 and capsys.readouterr().out == "unsat\n"  # IBP alone fails; branch and bound decides
 
 
+def test_main_arithmetic_flag_reaches_the_run(net, tmp_path, capsys):
+    spec = str(_write(tmp_path, "p.vnnlib", F.UNSAT))
+    assert main([spec.replace("p.vnnlib", "x.vnnlib"), spec, "--arithmetic", "real"]) == 2
+    assert main([str(net), spec, "--json", "--arithmetic", "exact", "--timeout", "60"]) == 0
+    obj = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert obj["result"] == "unsat" and obj["details"]["arithmetic"] == "exact"
+
+
 def test_main_usage_errors(net, tmp_path, capsys):
     assert main([]) == 2
     assert main([str(net)]) == 2
