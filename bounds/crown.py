@@ -67,8 +67,9 @@ class RecordOnly(dict):
 def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str, Interval],
                    alphas: dict[str, torch.Tensor] | None = None,
                    record: dict[str, torch.Tensor] | None = None,
-                   extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Lower bound of C·value(target), C (B, S, *target_shape), over the input box.
+                   extra: dict[str, torch.Tensor] | None = None, cuts=None) -> torch.Tensor:
+    """Lower bound of C·value(target), C (B, S, *target_shape), over the input box (cut by
+    `cuts`, a bounds.cuts.InputCuts, when given).
 
     `alphas` maps activation nodes to optimisable relaxation parameters (B, S, *shape).
     `extra` adds coefficients (B, S, *shape) to named nodes as the pass reaches them: the
@@ -91,7 +92,12 @@ def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
         if record is not None:
             record[node.name] = A
         if node.op == INPUT:
-            bias = bias + concretize_lower(A, bounds[node.name])
+            if cuts is not None:
+                from bounds.cuts import concretize_with_cuts
+
+                bias = bias + concretize_with_cuts(A, bounds[node.name], cuts)
+            else:
+                bias = bias + concretize_lower(A, bounds[node.name])
             continue
         xs = [_interval_of(graph, n, bounds) for n in node.inputs]
         is_const = [graph[n].is_constant for n in node.inputs]
@@ -125,7 +131,7 @@ def _refine_mask(interval: Interval, consumers: list[Node], graph: Graph | None 
 
 
 def crown_interval(graph: Graph, name: str, bounds: dict[str, Interval],
-                   mask: torch.Tensor, slopes=None) -> tuple[torch.Tensor, torch.Tensor]:
+                   mask: torch.Tensor, slopes=None, cuts=None) -> tuple[torch.Tensor, torch.Tensor]:
     """CROWN bounds of the neurons of `name` selected by mask (B, numel).
 
     Each sub-problem gets its own rows (as many as the busiest one needs), so a batch of
@@ -155,7 +161,7 @@ def crown_interval(graph: Graph, name: str, bounds: dict[str, Interval],
             alphas = slopes.for_neurons(idx)
             if alphas is not None:
                 alphas = {act: v.to(ref.dtype).expand(batch, *v.shape[1:]) for act, v in alphas.items()}
-        lb = backward_lower(graph, name, C.reshape(batch, 2 * k, *shape), bounds, alphas)
+        lb = backward_lower(graph, name, C.reshape(batch, 2 * k, *shape), bounds, alphas, cuts=cuts)
         low.scatter_(1, idx, lb[:, :k])
         up.scatter_(1, idx, -lb[:, k:])
     return low, up
@@ -181,7 +187,7 @@ def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
                         prior: dict[str, Interval] | None = None,
                         splits: dict[str, torch.Tensor] | None = None,
                         frozen: set[str] | None = None, grad: bool = False,
-                        deadline=None, slopes: dict | None = None) -> dict[str, Interval]:
+                        deadline=None, slopes: dict | None = None, cuts=None) -> dict[str, Interval]:
     """Intervals for every value; inputs of nonlinear ops tightened by CROWN when asked.
 
     `prior` holds intervals known to be valid already (e.g. a parent sub-problem's, whose
@@ -194,6 +200,8 @@ def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
     Once `deadline` (anything with .expired()) has passed, the remaining values keep their
     interval-arithmetic bounds: looser but sound, and the call returns within one layer.
     `slopes` maps pre-activations to optimised slopes for their bounds (see crown_interval).
+    `cuts` (bounds.cuts.InputCuts): constraints on the input each sub-problem satisfies; CROWN
+    bounds are concretised over the box cut by them.
     """
     users = graph.consumers()
     relaxed = pre_activation_nodes(graph)
@@ -211,7 +219,7 @@ def intermediate_bounds(graph: Graph, box: Interval, method: str = "crown",
         if not bool(mask.any()):
             return interval
         known[node.name] = interval  # CROWN may cut through this node's own consumers' inputs
-        low, up = crown_interval(graph, node.name, known, mask, (slopes or {}).get(node.name))
+        low, up = crown_interval(graph, node.name, known, mask, (slopes or {}).get(node.name), cuts)
         shape = (low.shape[0], *interval.lower.shape[1:])
         return interval.intersect(Interval(low.reshape(shape), up.reshape(shape)))
 
@@ -225,20 +233,20 @@ def spec_lower_bounds(graph: Graph, box: Interval, C: torch.Tensor, method: str 
                       prior: dict[str, Interval] | None = None,
                       splits: dict[str, torch.Tensor] | None = None,
                       frozen: set[str] | None = None, grad: bool = False, deadline=None,
-                      slopes: dict | None = None) -> torch.Tensor:
+                      slopes: dict | None = None, cuts=None) -> torch.Tensor:
     """Lower bounds of C·y over the box; C (B, S, n_outputs) over the flattened first output.
 
     A `bounds` dict passed in is filled with every intermediate interval (callers keep them
     as `prior` for sub-problems of this box). `grad=True`: differentiable (certified training).
-    `deadline`, `slopes`: see intermediate_bounds.
+    `deadline`, `slopes`, `cuts`: see intermediate_bounds.
     """
     out = graph.outputs[0]
     shape = graph[out].shape
     with _grad_mode(grad):
         bounds = intermediate_bounds(graph, box, method, bounds, prior, splits, frozen, grad=grad, deadline=deadline,
-                                     slopes=slopes)
+                                     slopes=slopes, cuts=cuts)
         C = C.reshape(C.shape[0], C.shape[1], *shape)
         if method == "ibp":
             return concretize_lower(C, bounds[out])
-        crown = backward_lower(graph, out, C, bounds, record=record)
+        crown = backward_lower(graph, out, C, bounds, record=record, cuts=cuts)
         return torch.maximum(crown, concretize_lower(C, bounds[out]))

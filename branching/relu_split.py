@@ -19,6 +19,7 @@ import torch
 from bounds.alpha import (AlphaOptions, IntermediateSlopes, bound_with, graph_dtype, init_alphas, optimise_lower,
                           search_graph)
 from bounds.crown import apply_splits, pre_activation_nodes, spec_lower_bounds
+from bounds.cuts import affine_map, cuts_from_splits
 from bounds.graph.interpret import run
 from bounds.graph.ir import Graph
 from bounds.ops import RULES
@@ -314,9 +315,11 @@ def _search_open(graph: Graph, problem: SpecTensors, batch: ReluDomains, idx: to
 
 def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed: set[str], order: dict[str, int],
                  options: BaBOptions, beta_options: AlphaOptions, deadline,
-                 slopes: dict[str, IntermediateSlopes] | None = None):
+                 slopes: dict[str, IntermediateSlopes] | None = None, affine=None):
     """Bound a batch of sub-problems: CROWN first, then beta-CROWN on those still open.
-    Re-derived intervals (options.refine_intermediate) use `slopes` where they have them.
+    Re-derived intervals (options.refine_intermediate) use `slopes` where they have them, and
+    with `affine` = (name, G, h), the first ReLU layer's pre-activations as an affine map of
+    the input, are concretised over the box cut by the sub-problem's active splits there.
 
     Returns None when every sub-problem is refuted (or infeasible), else the still-open ones:
     (index into the batch, case boxes, intervals, lower bounds, margins, optimised
@@ -342,9 +345,12 @@ def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed
     batch_slopes = None
     if options.refine_intermediate and slopes:
         batch_slopes = {k: v.take(batch.case) for k, v in slopes.items()}
+    cuts = None
+    if options.refine_intermediate and affine is not None and affine[0] in batch.splits:
+        cuts = cuts_from_splits(affine[1], affine[2], batch.splits[affine[0]], options.input_cuts)
     lower = spec_lower_bounds(graph, box, C, "crown", bounds=computed,
                               prior=batch.inter or None, splits=batch.splits, frozen=frozen, deadline=deadline,
-                              slopes=batch_slopes)
+                              slopes=batch_slopes, cuts=cuts)
     infeasible = torch.zeros(len(batch), dtype=torch.bool, device=device)
     for name in relaxed:
         iv = computed[name]
@@ -505,6 +511,13 @@ def _search(graph: Graph, problem: SpecTensors, case_of: torch.Tensor, layers, d
     rows = problem.C.shape[1]
     batch_size = memory_batch_size(graph, rows, problem.C.dtype, device, max(1, options.batch_size // rows))
     beta_options = AlphaOptions(iterations=options.beta_iterations, lr=0.05, stop_above=None)
+    affine = None
+    if options.refine_intermediate and options.input_cuts > 0 and root_bounds is not None and layers:
+        first = min((pre for _, pre in layers), key=order.get)
+        at_root = {k: Interval(v.lower[:1], v.upper[:1]) for k, v in root_bounds.items()}
+        at_root[graph.inputs[0]] = Interval(problem.lower[:1], problem.upper[:1])
+        found = affine_map(graph, first, at_root)
+        affine = None if found is None else (first, *found)
     tighten_at = None
     if (tighten is not None and shared and options.milp_refine_after is not None
             and bool((problem.lower == problem.lower[:1]).all() and (problem.upper == problem.upper[:1]).all())):
@@ -542,7 +555,8 @@ def _search(graph: Graph, problem: SpecTensors, case_of: torch.Tensor, layers, d
             batch = dataclasses.replace(batch, inter={k: Interval(v.lower[batch.case], v.upper[batch.case])
                                                       for k, v in shared.items()})
         try:
-            bounded = _bound_round(graph, problem, batch, relaxed, order, options, beta_options, deadline, slopes)
+            bounded = _bound_round(graph, problem, batch, relaxed, order, options, beta_options, deadline, slopes,
+                                   affine)
             bound_seconds = time.perf_counter() - round_start
         except (RuntimeError, MemoryError) as exc:
             batch_size = requeue_smaller(exc, batch_size, domains, batch, device)

@@ -67,9 +67,11 @@ def test_input_split_bab_agrees_with_milp(seed: int) -> None:
 
 #: the usual search alone, the two searches taking turns, the layer-by-layer search with nearly
 #: all the turns, and one that goes on with the usual choice after its first round (its
-#: sub-problems keep their re-derived intervals, then fixed)
+#: sub-problems keep their re-derived intervals, then fixed), and the layer search with its
+#: intervals concretised over the box cut by first-layer active splits (bounds.cuts)
 _PHASES = {"usual": {"layer_search_share": 0.0}, "both": {"layer_search_share": 0.5},
-           "layer": {"layer_search_share": 0.99}, "switch": {"layer_search_share": 0.99, "layer_search_switch": 1e-6}}
+           "layer": {"layer_search_share": 0.99}, "switch": {"layer_search_share": 0.99, "layer_search_switch": 1e-6},
+           "cuts": {"layer_search_share": 0.99, "input_cuts": 8}}
 
 
 @pytest.mark.parametrize("phase", sorted(_PHASES))
