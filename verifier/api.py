@@ -32,7 +32,7 @@ from branching.relu_split import relu_split_bab
 from bounds.alpha import IntermediateSlopes, optimise_all
 from bounds.ops import RULES
 from bounds.ops.base import ActivationRule
-from branching.problem import SpecTensors, round_outward
+from branching.problem import EXACT_SLACK, SpecTensors, round_outward
 from bounds.errors import ModelLoadError
 from bounds.graph.ir import Graph, graph_to
 from bounds.ibp import UnsupportedBoundError
@@ -139,6 +139,10 @@ class _Run:
     #: (case, polytope) -> signs of the input coefficients of the CROWN bound of the polytope's
     #: best row (n_in,): the box corners it picks start the first PGD round
     crown_signs: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    #: polytopes the bounds refute when the network is read in exact arithmetic (float64
+    #: bounds, margin above EXACT_SLACK only): with the default float32 allowance, a run that
+    #: ends open although every polytope is here says that --arithmetic exact decides it
+    exact_refuted: set = field(default_factory=set)
 
     # ---- helpers -----------------------------------------------------------------------
     def result(self, outcome: Outcome, stage: str, message: str, **kw: Any) -> Result:
@@ -155,6 +159,20 @@ class _Run:
         details = dict(res.details)
         details["timings"] = {k: round(v, 6) for k, v in self.timings.items()}
         return dataclasses.replace(res, details=details, time_s=self.deadline.elapsed())
+
+    def with_exact_hint(self, res: Result) -> Result:
+        """An open result whose every polytope the bounds refute in exact arithmetic (inside
+        the default float32 allowance only) says so, and how to get that answer."""
+        if (res.outcome not in (Outcome.UNKNOWN, Outcome.TIMEOUT) or self.options.arithmetic != "float32"
+                or self.margins is None
+                or not all((k, p) in self.exact_refuted or m > 0
+                           for k, ms in enumerate(self.margins) for p, m in enumerate(ms))):
+            return res
+        hint = ("the bounds refute every output polytope when the network is read in exact arithmetic: "
+                "the margins left are below the float32 allowance; --arithmetic exact answers unsat for "
+                "the network computed exactly on its weights")
+        message = res.message.rstrip(".") + "; " + hint + "."
+        return dataclasses.replace(res, message=message, details={**res.details, "exact_arithmetic_refutes": True})
 
     def timed(self, name: str, start: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + time.monotonic() - start
@@ -307,6 +325,8 @@ class _Run:
             row_margin = lb - d
             slack = self.options.refute_slack(dtype) * (1 + np.abs(np.where(np.isfinite(d), d, 0)) + np.abs(np.nan_to_num(lb)))
             refutes = row_margin > slack                     # NaN compares False: never refutes
+            # refuted when the network is read in exact arithmetic (only float64 bounds can say)
+            exact = row_margin > EXACT_SLACK * (1 + np.abs(np.where(np.isfinite(d), d, 0)) + np.abs(np.nan_to_num(lb)))
         for b, k in enumerate(batch):
             _, _, group = stacks[b]
             for p in range(len(self.spec.cases[k].polytopes)):
@@ -320,6 +340,8 @@ class _Run:
                 if coefficients is not None:
                     A = coefficients[b if coefficients.shape[0] == B else 0, rows[best]]
                     self.crown_signs[(k, p)] = (A.reshape(-1) > 0).to(self.device)
+                if dtype == torch.float64 and exact[b, rows].any():
+                    self.exact_refuted.add((k, p))
                 # a polytope counts as refuted only through a row that clears the slack
                 margins[k][p] = float(m[best]) if refutes[b, rows].any() else min(float(m[best]), 0.0)
 
@@ -779,7 +801,7 @@ def verify(model: ModelLike, spec: SpecLike, *, options: VerifyOptions | None = 
                       instance, len(spec_obj.cases), n_in, n_out, time.monotonic() - t)
     try:
         run.check("loading")
-        return run.run()
+        return run.with_exact_hint(run.run())
     except (RuntimeError, MemoryError) as exc:
         if not is_out_of_memory(exc):
             raise
@@ -794,5 +816,5 @@ def verify(model: ModelLike, spec: SpecLike, *, options: VerifyOptions | None = 
         message = f"the time limit of {options.timeout:g} s ran out during {exc.during}"
         if exc.best_bound is not None:
             message += f"; the open sub-problems' worst bound margin was {exc.best_bound:.4g} (needs > 0)"
-        return Result(Outcome.TIMEOUT, time_s=deadline.elapsed(), instance=instance, details=details,
-                      message=message, best_bound=exc.best_bound)
+        return run.with_exact_hint(Result(Outcome.TIMEOUT, time_s=deadline.elapsed(), instance=instance,
+                                          details=details, message=message, best_bound=exc.best_bound))

@@ -108,7 +108,10 @@ class Result:
     def summary(self) -> str:
         """One line for humans, e.g. `unsat    net prop_1  0.42 s  (CROWN, min margin 0.013)`."""
         head = f"{self.word:<8} {self.instance}  " if self.instance else f"{self.word:<8} "
-        return f"{head}{self.time_s:.2f} s  ({self._why()})"
+        why = self._why()
+        if self.details.get("exact_arithmetic_refutes"):
+            why += "; refuted in exact arithmetic: see --arithmetic exact"
+        return f"{head}{self.time_s:.2f} s  ({why})"
 
     def _why(self) -> str:
         label = _STAGE_LABELS.get(self.stage, self.stage)

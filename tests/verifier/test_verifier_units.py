@@ -217,3 +217,20 @@ def test_exact_arithmetic_decides_a_spec_tight_against_a_saturated_output():
     assert default.outcome.word != "unsat" and default.outcome.word != "sat"
     assert exact.outcome.word == "unsat" and exact.details["arithmetic"] == "exact"
     assert VerifyOptions(arithmetic="exact").refute_slack(torch.float32) == VerifyOptions().refute_slack(torch.float64)
+
+
+def test_an_open_result_says_when_exact_arithmetic_would_decide_it():
+    from verifier import VerifyOptions, verify
+
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1), torch.nn.Sigmoid(), torch.nn.Linear(1, 1))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0), model[0].bias.zero_()
+        model[2].weight.fill_(6.53), model[2].bias.zero_()
+    tight = Spec(1, 1, (SpecCase([40.0], [50.0], (Polytope([[-1.0]], [-6.530001]),)),))
+    res = verify(model, tight, options=VerifyOptions(timeout=4))
+    assert res.details.get("exact_arithmetic_refutes") is True
+    assert "--arithmetic exact" in res.message and "exact arithmetic" in res.summary()
+    # a spec that exact arithmetic does not refute either gets no such hint
+    wide = Spec(1, 1, (SpecCase([-5.0], [50.0], (Polytope([[-1.0]], [-6.0]),)),))
+    res = verify(model, wide, options=VerifyOptions(timeout=4))
+    assert res.outcome.word == "sat" or not res.details.get("exact_arithmetic_refutes")
