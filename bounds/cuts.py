@@ -10,6 +10,7 @@ lam >= 0 gives a valid bound, min over the cut box of a·x >= min over the box o
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -35,8 +36,8 @@ def affine_map(graph: Graph, name: str, bounds: dict[str, Interval]) -> tuple[to
     """(G (numel, n_inputs), h (numel,)) with value(name) = G·x + h on the whole input box of
     `bounds` (intervals of every value on one box, batch 1), when only ops that need no
     intervals (linear ones) lie between the input and `name`, so the map is the same on every
-    box; else None. h is loosened by a rounding allowance, so G·x + h >= value(name) - never more cut
-    away than the split itself cuts."""
+    box; else None. h is loosened by a rounding allowance, so G·x + h >= value(name): a cut
+    never takes away more than the split itself does."""
     from bounds.crown import backward_lower, concretize_lower
     from bounds.ops import RULES
 
@@ -49,9 +50,7 @@ def affine_map(graph: Graph, name: str, bounds: dict[str, Interval]) -> tuple[to
             return None
     box = bounds[graph.inputs[0]]
     shape = graph[name].shape
-    numel = 1
-    for s in shape:
-        numel *= int(s)
+    numel = math.prod(shape)
     eye = torch.eye(numel, dtype=box.lower.dtype, device=box.lower.device).reshape(1, numel, *shape)
     low_record: dict[str, torch.Tensor] = {}
     up_record: dict[str, torch.Tensor] = {}

@@ -323,10 +323,10 @@ class _Run:
                 lb = lb - np.einsum("bso,bo->bs", rounding, y_abs)
         with np.errstate(invalid="ignore"):
             row_margin = lb - d
-            slack = self.options.refute_slack(dtype) * (1 + np.abs(np.where(np.isfinite(d), d, 0)) + np.abs(np.nan_to_num(lb)))
-            refutes = row_margin > slack                     # NaN compares False: never refutes
+            magnitude = 1 + np.abs(np.where(np.isfinite(d), d, 0)) + np.abs(np.nan_to_num(lb))
+            refutes = row_margin > self.options.refute_slack(dtype) * magnitude   # NaN: never refutes
             # refuted when the network is read in exact arithmetic (only float64 bounds can say)
-            exact = row_margin > EXACT_SLACK * (1 + np.abs(np.where(np.isfinite(d), d, 0)) + np.abs(np.nan_to_num(lb)))
+            exact = row_margin > EXACT_SLACK * magnitude
         for b, k in enumerate(batch):
             _, _, group = stacks[b]
             for p in range(len(self.spec.cases[k].polytopes)):

@@ -84,7 +84,9 @@ def test_relaxation_backward_matches_the_textbook_sum(per_row, ub_shape):
     lw = torch.rand(*rows, *shape, generator=g, dtype=torch.float64)
     uw = torch.rand(*lead, *shape, generator=g, dtype=torch.float64)
     ub = torch.randn(*lead, *((2, 1) if ub_shape == "channel" else shape), generator=g, dtype=torch.float64)
-    for lb in (torch.zeros(*lead, *shape, dtype=torch.float64), torch.randn(*lead, *shape, generator=g, dtype=torch.float64)):
+    lower_offsets = (torch.zeros(*lead, *shape, dtype=torch.float64),
+                     torch.randn(*lead, *shape, generator=g, dtype=torch.float64))
+    for lb in lower_offsets:
         new_A, bias = relaxation_backward(A, Relaxation(lw, lb, uw, ub))
         widen = (lambda t: t) if per_row else (lambda t: t.unsqueeze(1))
         pos, neg = A.clamp(min=0), A.clamp(max=0)
