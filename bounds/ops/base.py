@@ -190,22 +190,16 @@ def relaxation_backward(A: torch.Tensor, relax: Relaxation) -> tuple[torch.Tenso
     """
     per_row = relax.lw.dim() == A.dim()
     lw, lb, uw, ub = (t if per_row else t.unsqueeze(1) for t in (relax.lw, relax.lb, relax.uw, relax.ub))
-    neg = A.clamp(max=0)
-    pos = A - neg
-    # A+ * lw + A- * uw
-    new_A = torch.addcmul(neg * uw, pos, lw)
-    bias = _row_sum(neg, ub)
-    if bool((relax.lb != 0).any()):   # ReLU-like lower lines pass through 0
-        bias = bias + _row_sum(pos, lb)
+    pos = A.clamp(min=0)
+    # A+ * lw + A- * uw, written with one clamp: A * uw + A+ * (lw - uw)
+    new_A = torch.addcmul(A * uw, pos, lw - uw)
+    if per_row:
+        bias = flat_sum(torch.addcmul((A - pos) * ub, pos, lb))
+    else:
+        bias = row_dot(A - pos, relax.ub)
+        if bool((relax.lb != 0).any()):   # ReLU-like lower lines pass through 0
+            bias = bias + row_dot(pos, relax.lb)
     return new_A, bias
-
-
-def _row_sum(A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """flat_sum(A * v) for v (B|1, S|1, *shape): a batched matrix-vector product unless v
-    differs per row."""
-    if v.dim() == A.dim() and v.shape[1] == 1:
-        return row_dot(A, v.squeeze(1))
-    return flat_sum(A * v)
 
 
 class ActivationRule(MonotoneRule):

@@ -16,16 +16,16 @@ def leaky_relu_relaxation(x: Interval, slope: float, lower_slope: torch.Tensor |
     l, u = x.lower, x.upper
     active, inactive = l >= 0, u <= 0
     unstable = ~(active | inactive)
-    # the slope of a stable neuron's exact line: 1 when active, `slope` when inactive
-    exact = torch.full_like(u, slope).masked_fill_(active, 1.0)   # slope in u's own precision
-    width = torch.where(unstable, u - l, 1.0)
-    chord = torch.where(unstable, (u - slope * l) / width, exact)
-    chord_b = torch.where(unstable, (slope - chord) * l, 0.0)
+    width = torch.where(unstable, u - l, torch.ones_like(u))
+    chord = torch.where(unstable, (u - slope * l) / width, torch.zeros_like(u))
+    chord_b = torch.where(unstable, slope * l - chord * l, torch.zeros_like(u))
     if lower_slope is None:
-        lower_slope = torch.full_like(u, slope).masked_fill_(u > -l, 1.0)
-    # with alpha this is the only step at the per-row size (B, S, *shape)
-    lw = torch.where(unstable, lower_slope, exact)
-    return Relaxation(lw, torch.zeros_like(u), chord, chord_b)
+        lower_slope = torch.where(u > -l, torch.ones_like(u), torch.full_like(u, slope))
+    one, s = torch.ones_like(u), torch.full_like(u, slope)
+    lw = torch.where(active, one, torch.where(inactive, s, lower_slope))
+    uw = torch.where(active, one, torch.where(inactive, s, chord))
+    zero = torch.zeros_like(u)
+    return Relaxation(lw, zero, uw, chord_b)
 
 
 class Relu(ActivationRule):
