@@ -142,7 +142,7 @@ class _Run:
     #: polytopes the bounds refute when the network is read in exact arithmetic (float64
     #: bounds, margin above EXACT_SLACK only): with the default float32 allowance, a run that
     #: ends open although every polytope is here says that --arithmetic exact decides it
-    exact_refuted: set = field(default_factory=set)
+    exact_refuted: set[tuple[int, int]] = field(default_factory=set)
 
     # ---- helpers -----------------------------------------------------------------------
     def result(self, outcome: Outcome, stage: str, message: str, **kw: Any) -> Result:
