@@ -100,11 +100,10 @@ def concretize_with_cuts(A: torch.Tensor, box: Interval, cuts: InputCuts) -> tor
         return concretize_lower(A, box)
     B, S = A.shape[:2]
     a = A.reshape(B, S, -1)
-    centre = box.center.reshape(box.lower.shape[0], 1, -1).to(a.dtype)
     radius = box.radius.reshape(box.lower.shape[0], 1, -1).to(a.dtype)
 
     def over_box(coeff: torch.Tensor) -> torch.Tensor:
-        return (coeff * centre).sum(-1) - (coeff.abs() * radius).sum(-1)
+        return concretize_lower(coeff.reshape(A.shape), box)
 
     best = over_box(a)
     offset = torch.zeros_like(best)

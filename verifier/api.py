@@ -32,7 +32,7 @@ from branching.relu_split import relu_split_bab
 from bounds.alpha import IntermediateSlopes, optimise_all
 from bounds.ops import RULES
 from bounds.ops.base import ActivationRule
-from branching.problem import EXACT_SLACK, SpecTensors, round_outward
+from branching.problem import EXACT_SLACK, SpecTensors, certified_margin, round_outward
 from bounds.errors import ModelLoadError
 from bounds.graph.ir import Graph, graph_to
 from bounds.ibp import UnsupportedBoundError
@@ -323,10 +323,11 @@ class _Run:
                 lb = lb - np.einsum("bso,bo->bs", rounding, y_abs)
         with np.errstate(invalid="ignore"):
             row_margin = lb - d
-            magnitude = 1 + np.abs(np.where(np.isfinite(d), d, 0)) + np.abs(np.nan_to_num(lb))
-            refutes = row_margin > self.options.refute_slack(dtype) * magnitude   # NaN: never refutes
+            # NaN compares False: never refutes; padded rows (d = inf) never either
+            lb_t, d_t = torch.from_numpy(lb), torch.from_numpy(d)
+            refutes = (certified_margin(lb_t, d_t, self.options.refute_slack(dtype)) > 0).numpy()
             # refuted when the network is read in exact arithmetic (only float64 bounds can say)
-            exact = row_margin > EXACT_SLACK * magnitude
+            exact = (certified_margin(lb_t, d_t, EXACT_SLACK) > 0).numpy()
         for b, k in enumerate(batch):
             _, _, group = stacks[b]
             for p in range(len(self.spec.cases[k].polytopes)):
