@@ -74,7 +74,7 @@ class _Proven:
 def _solve_share(enc, M: torch.Tensor, c: torch.Tensor, neurons: list[int], per_solve: float, deadline) -> _Proven:
     """Minimise and maximise each neuron's pre-activation over the encoded prefix with one
     HiGHS model; HiGHS's proven dual bound after the time limit bounds it either way."""
-    model = new_model(enc.lbs, enc.ubs, enc.integer, enc.rows, per_solve, presolve=False)
+    model = new_model(enc.lbs, enc.ubs, enc.integer, enc.rows, per_solve, presolve=False, heuristics=False)
     n_vars = len(enc.lbs)
     columns = np.arange(n_vars, dtype=np.int32)
     out = _Proven({})
@@ -106,12 +106,15 @@ def _solve_share(enc, M: torch.Tensor, c: torch.Tensor, neurons: list[int], per_
 
 def refine_intervals(graph64: Graph, box: Interval, bounds: dict[str, Interval], deadline,
                      options: RefineOptions = RefineOptions(),
-                     retighten: Callable[[dict[str, Interval]], dict[str, Interval]] | None = None
+                     retighten: Callable[[dict[str, Interval]], dict[str, Interval]] | None = None,
+                     done: Callable[[], bool] | None = None
                      ) -> tuple[dict[str, Interval], RefineReport]:
     """Refine the unstable neurons of every ReLU input after the first (which is exact
     already: a linear function of the box). `box` and `bounds` have batch 1 and live in
     float64 on the CPU; `deadline` (verifier.deadline.Deadline) ends the refinement early,
-    keeping what was proven. Returns new intervals (never wider than `bounds`) and a report."""
+    keeping what was proven, and so does `done()` once true (asked after each `retighten`,
+    e.g. whether the intervals so far decide the caller's question). Returns new intervals
+    (never wider than `bounds`) and a report."""
     start = time.monotonic()
     report = RefineReport()
     bounds = dict(bounds)
@@ -127,12 +130,15 @@ def refine_intervals(graph64: Graph, box: Interval, bounds: dict[str, Interval],
         unstable = ((lower < 0) & (upper > 0)).nonzero().flatten()
         if len(unstable) == 0:
             continue
-        width = box.lower.numel() + 2 * sum(int(((bounds[n].lower < 0) & (bounds[n].upper > 0)).sum())
-                                            for n in order[:position])
+        # the layered encoding: a variable per ReLU output that is not constant zero, and a
+        # binary per unstable one
+        width = box.lower.numel() + sum(int((bounds[n].upper > 0).sum())
+                                        + int(((bounds[n].lower < 0) & (bounds[n].upper > 0)).sum())
+                                        for n in order[:position])
         if width * sizes > options.max_encoding:
             report.reason = "encoding too large"
             break
-        enc = encode(graph64, box.lower.double(), box.upper.double(), bounds, until=name)
+        enc = encode(graph64, box.lower.double(), box.upper.double(), bounds, until=name, layered=True)
         M, c = enc.affine(name)
         report.layers += 1
         neurons = _order(lower, upper, unstable)
@@ -158,6 +164,9 @@ def refine_intervals(graph64: Graph, box: Interval, bounds: dict[str, Interval],
                                 upper.reshape(iv.upper.shape).to(iv.upper.dtype))
         if retighten is not None and position < len(order) - 1 and not deadline.expired():
             bounds = retighten(bounds)
+            if done is not None and done():
+                report.reason = "done"
+                break
     report.seconds = time.monotonic() - start
     return bounds, report
 
