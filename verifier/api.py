@@ -28,7 +28,7 @@ from branching.bab import BaBOutcome, input_split_bab, is_out_of_memory
 from branching.milp import exact_search, milp_encodable, relu_count, unstable_relus
 from branching.milp_refine import RefineOptions, refine_intervals
 from branching.general_split import general_split_bab
-from branching.relu_split import relu_split_bab
+from branching.relu_split import TightenedRoot, relu_split_bab
 from bounds.alpha import IntermediateSlopes, optimise_all
 from bounds.ops import RULES
 from bounds.ops.base import ActivationRule
@@ -560,29 +560,39 @@ class _Run:
             raise _Timeout("the exact MILP")
         return None
 
-    def milp_tighten(self, graph: Graph, problem: SpecTensors, root: dict[str, Interval],
-                     budget: Deadline) -> tuple[dict[str, Interval], torch.Tensor, dict[str, torch.Tensor]]:
+    def milp_tighten(self, graph: Graph, problem: SpecTensors, root: dict[str, Interval], budget: Deadline,
+                     slopes: dict[str, IntermediateSlopes] | None = None
+                     ) -> tuple[dict[str, Interval], torch.Tensor, dict[str, torch.Tensor]]:
         """Tighten intervals valid on the (one) box by time-limited MILPs, layer by layer,
         then alpha-CROWN over them: (intervals of every value, lower bounds of the spec rows,
-        the output bound's slopes)."""
+        the output bound's slopes); `slopes` receives the intermediate bounds' slopes."""
         t = time.monotonic()
         g64 = graph_to(graph, "cpu", torch.float64)
         box = Interval(problem.lower[:1].cpu().double(), problem.upper[:1].cpu().double())
         C64 = problem.C[:1].cpu().double()
 
+        latest: list[torch.Tensor] = []
+
         def retighten(bounds: dict[str, Interval]) -> dict[str, Interval]:
             # the next layer's MILPs only need its still-unstable neurons
-            return optimise_all(g64, box, C64, self.options.alpha, budget, initial=(bounds, 0.0))[1]
+            lower, tighter = optimise_all(g64, box, C64, self.options.alpha, budget, initial=(bounds, 0.0))
+            latest[:] = [lower]
+            return tighter
+
+        def decided() -> bool:
+            # no later layer is needed once the intervals so far refute every row
+            zero = torch.zeros(1, dtype=torch.long, device=problem.lower.device)
+            return bool(latest) and bool(problem.refuted(zero, latest[0].to(problem.lower)).all())
 
         refined, report = refine_intervals(
             g64, box, {k: Interval(v.lower[:1].cpu().double(), v.upper[:1].cpu().double()) for k, v in root.items()},
-            budget, RefineOptions(per_solve=self.options.bab.milp_refine_per_solve), retighten)
+            budget, RefineOptions(per_solve=self.options.bab.milp_refine_per_solve), retighten, decided)
         back = {k: Interval(v.lower.to(self.device, self.bound_dtype), v.upper.to(self.device, self.bound_dtype))
                 for k, v in refined.items()}
         alphas: dict[str, torch.Tensor] = {}
         lower, new_root = optimise_all(graph, Interval(problem.lower[:1], problem.upper[:1]), problem.C[:1],
                                        self.options.alpha, self.deadline.within(0.25 * self.deadline.remaining()),
-                                       final_alphas=alphas, initial=(back, 0.0))
+                                       final_alphas=alphas, initial=(back, 0.0), intermediate_slopes=slopes)
         self.timed("milp-refine", t)
         self.details["milp_refine"] = {"solves": report.solves, "tightened": report.tightened,
                                        "stabilised": report.stabilised, "layers": report.layers,
@@ -601,29 +611,41 @@ class _Run:
         # both runs are valid: keep the better bound per row (the new slopes go with the new run)
         return torch.maximum(lower, new_lower), new_root, alphas
 
-    def late_tightening(self, graph: Graph, problem: SpecTensors):
-        """The MILP tightening that ReLU branch and bound calls once its first phase has not
-        decided the spec (see BaBOptions.milp_refine_after), or None where it does not apply:
-        several input boxes, a network MILP cannot encode or with more ReLUs than
-        BaBOptions.milp_refine_max_relus, or too little time left for it to pay."""
+    def tightening_applies(self, graph: Graph, problem: SpecTensors) -> bool:
+        """Whether ReLU branch and bound tightens its root intervals by MILP midway (see
+        BaBOptions.milp_refine_after): one input box, a network MILP encodes exactly with at
+        most BaBOptions.milp_refine_max_relus ReLUs, and enough time left."""
         options = self.options.bab
-        if (options.milp_refine_after is None or problem.n_cases != 1 or not milp_encodable(graph)
-                or relu_count(graph) > options.milp_refine_max_relus
-                or self.deadline.remaining() < options.milp_refine_min_seconds):
-            return None
+        return not (options.milp_refine_after is None or problem.n_cases != 1 or not milp_encodable(graph)
+                    or relu_count(graph) > options.milp_refine_max_relus
+                    or self.deadline.remaining() < options.milp_refine_min_seconds)
 
-        def tighten(intervals: dict[str, Interval]) -> dict[str, Interval]:
+    def relu_search(self, graph: Graph, problem: SpecTensors, root: dict[str, Interval],
+                    root_alphas: dict[str, torch.Tensor], root_slopes: dict[str, IntermediateSlopes],
+                    progress) -> BaBOutcome:
+        """ReLU splitting until the deadline; where tightening_applies, the root's intervals
+        are tightened by MILP once BaBOptions.milp_refine_after of the time has passed
+        undecided, and the search goes on from them too (relu_split_bab's `tighten`): easy
+        instances never pay for the MILPs."""
+        options = self.options.bab
+
+        def tighten() -> TightenedRoot:
             budget = self.deadline.within(options.milp_refine_late_share * self.deadline.remaining())
-            progress_log.info("branch and bound: tightening the intervals by MILP for up to %.0f s",
+            progress_log.info("branch and bound: tightening the root's intervals by MILP for up to %.0f s",
                               budget.remaining())
-            tighter, lower, _ = self.milp_tighten(graph, problem, intervals, budget)
+            slopes: dict[str, IntermediateSlopes] = {}
+            tighter, lower, alphas = self.milp_tighten(graph, problem, root, budget, slopes)
             report = self.details["milp_refine"]
+            cases = torch.zeros(1, dtype=torch.long, device=problem.lower.device)
+            report["refutes"] = bool(problem.refuted(cases, lower).all())
             progress_log.info("branch and bound: MILP tightened %d bounds (%d neurons now stable) in %.1f s; "
                               "alpha-CROWN over them: worst row %.4g", report["tightened"], report["stabilised"],
                               report["seconds"], float(lower.min()))
-            return tighter
+            return TightenedRoot(tighter, alphas, slopes, report["refutes"])
 
-        return tighten
+        return relu_split_bab(graph, problem, self.deadline, options, progress, root, root_alphas,
+                              falsify=self.falsify_from, root_slopes=root_slopes,
+                              tighten=tighten if self.tightening_applies(graph, problem) else None)
 
     def branch_and_bound(self) -> Result | None:
         """Input-splitting BaB over every case; a verdict, or None (then `unknown`)."""
@@ -677,11 +699,13 @@ class _Run:
                 exact = self.small_network_milp(graph, root, refuted)
                 if exact is not None:
                     return exact
-                outcome = relu_split_bab(graph, problem, self.deadline, self.options.bab, progress, root,
-                                         root_alphas, falsify=self.falsify_from,
-                                         tighten=self.late_tightening(graph, problem), root_slopes=root_slopes)
+                outcome = self.relu_search(graph, problem, root, root_alphas, root_slopes, progress)
         self.details["bab"] = {"kind": kind, "visited": outcome.visited, "max_depth": outcome.max_depth,
                                "seconds": round(outcome.elapsed, 3)}
+        if outcome.status == "unsat" and self.details.get("milp_refine", {}).get("refutes"):
+            return self.result(Outcome.UNSAT, "milp-refine", f"{kind} ({outcome.visited} sub-problems) left the "
+                               "spec open; alpha-CROWN over the root's intervals tightened by MILP then refuted "
+                               "every output polytope", best_bound=0.0)
         if outcome.status == "unsat":
             return self.result(Outcome.UNSAT, "bab", f"{kind} refuted every output polytope "
                                f"({outcome.visited} sub-problems, depth {outcome.max_depth})", best_bound=0.0)
