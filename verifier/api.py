@@ -718,7 +718,8 @@ class _Run:
             cand = atk.Candidate(x=x, y=y, case=outcome.witness_case, polytope=0, loss=0.0, stage="bab")
             return self.try_candidates([cand])
         if outcome.status == "timeout":
-            raise _Timeout("branch and bound", outcome.worst_margin, {"bab": self.details["bab"]})
+            raise _Timeout("branch and bound", outcome.worst_margin,
+                           {k: self.details[k] for k in ("bab", "milp_refine") if k in self.details})
         self.details["bab"]["notes"] = outcome.notes
         return None
 
