@@ -110,6 +110,12 @@ def load_model(model: ModelLike, spec: Spec, input_shape: tuple[int, ...] | None
 # ----------------------------------------------------------------------------------------
 # the pipeline
 
+def _refutes_the_box(problem: SpecTensors, lower: torch.Tensor) -> bool:
+    """Whether the spec rows' lower bounds (1, R) refute every polytope of a one-box problem."""
+    case = torch.zeros(1, dtype=torch.long, device=problem.lower.device)
+    return bool(problem.refuted(case, lower).all())
+
+
 @dataclass
 class _Run:
     """Per-call state of one verification run (never shared between calls)."""
@@ -580,9 +586,8 @@ class _Run:
             return tighter
 
         def decided() -> bool:
-            # no later layer is needed once the intervals so far refute every row
-            zero = torch.zeros(1, dtype=torch.long, device=problem.lower.device)
-            return bool(latest) and bool(problem.refuted(zero, latest[0].to(problem.lower)).all())
+            # no later layer is needed once the intervals so far refute every polytope
+            return bool(latest) and _refutes_the_box(problem, latest[0].to(problem.lower))
 
         refined, report = refine_intervals(
             g64, box, {k: Interval(v.lower[:1].cpu().double(), v.upper[:1].cpu().double()) for k, v in root.items()},
@@ -636,8 +641,7 @@ class _Run:
             slopes: dict[str, IntermediateSlopes] = {}
             tighter, lower, alphas = self.milp_tighten(graph, problem, root, budget, slopes)
             report = self.details["milp_refine"]
-            cases = torch.zeros(1, dtype=torch.long, device=problem.lower.device)
-            report["refutes"] = bool(problem.refuted(cases, lower).all())
+            report["refutes"] = _refutes_the_box(problem, lower)
             progress_log.info("branch and bound: MILP tightened %d bounds (%d neurons now stable) in %.1f s; "
                               "alpha-CROWN over them: worst row %.4g", report["tightened"], report["stabilised"],
                               report["seconds"], float(lower.min()))

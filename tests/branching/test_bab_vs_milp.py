@@ -108,19 +108,15 @@ def test_relu_split_bab_agrees_with_milp(seed: int, warm: bool, phase: str) -> N
     assert outcome.status == exact, f"ReLU BaB says {outcome.status}, MILP says {exact} (t*={best})"
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_relu_split_bab_from_milp_tightened_intervals_agrees_with_milp(seed: int) -> None:
-    """The root's intervals tightened by MILP (layered encoding, no heuristics) before the
-    search, with the looser run's slopes as the warm start: the verdict is still the MILP's."""
+def _relu_case_with_alpha_root(net_seed: int, spec_seed: int, depth: int):
+    """A random float64 ReLU MLP, a random spec on it, the MILP's verdict and optimum (skips
+    borderline optima), and alpha-CROWN's root intervals and output slopes over its box."""
     from bounds.alpha import AlphaOptions, optimise_all
     from bounds.graph.ir import graph_to
     from bounds.types import Interval
-    from branching.bab import BaBOptions
-    from branching.milp_refine import RefineOptions, refine_intervals
-    from branching.relu_split import relu_split_bab
 
-    graph = graph_to(random_mlp(100 + seed, width=8, depth=3, n_in=4, n_out=3, acts=["Relu"]), "cpu", torch.float64)
-    spec = _random_spec(graph, seed)
+    graph = graph_to(random_mlp(net_seed, width=8, depth=depth, n_in=4, n_out=3, acts=["Relu"]), "cpu", torch.float64)
+    spec = _random_spec(graph, spec_seed)
     exact, _, best = verify_milp(graph, spec, time_limit=30)
     if abs(best) < 1e-4:
         pytest.skip("borderline: the MILP optimum is within solver tolerance of 0")
@@ -128,6 +124,18 @@ def test_relu_split_bab_from_milp_tightened_intervals_agrees_with_milp(seed: int
     box = Interval(problem.lower, problem.upper)
     alphas = {}
     _, root = optimise_all(graph, box, problem.C, AlphaOptions(iterations=5, stop_above=None), final_alphas=alphas)
+    return graph, problem, box, root, alphas, exact, best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_relu_split_bab_from_milp_tightened_intervals_agrees_with_milp(seed: int) -> None:
+    """The root's intervals tightened by MILP (layered encoding, no heuristics) before the
+    search, with the looser run's slopes as the warm start: the verdict is still the MILP's."""
+    from branching.bab import BaBOptions
+    from branching.milp_refine import RefineOptions, refine_intervals
+    from branching.relu_split import relu_split_bab
+
+    graph, problem, box, root, alphas, exact, best = _relu_case_with_alpha_root(100 + seed, seed, depth=3)
     tighter, report = refine_intervals(graph, box, root, _Deadline(10), RefineOptions(per_solve=1.0, workers=2))
     assert report.solves > 0 or report.layers == 0
     outcome = relu_split_bab(graph, problem, _Deadline(30), BaBOptions(layer_search_share=0.0), root_bounds=tighter,
@@ -142,22 +150,11 @@ def test_relu_split_bab_tightened_mid_search_agrees_with_milp(seed: int) -> None
     """`tighten` hands the running search MILP-tightened root intervals (here before its first
     round): new searches start from them beside the running ones, and the verdict is still
     the MILP's; a tightening that finds nothing (None) changes nothing."""
-    from bounds.alpha import AlphaOptions, optimise_all
-    from bounds.graph.ir import graph_to
-    from bounds.types import Interval
     from branching.bab import BaBOptions
     from branching.milp_refine import RefineOptions, refine_intervals
     from branching.relu_split import TightenedRoot, relu_split_bab
 
-    graph = graph_to(random_mlp(300 + seed, width=8, depth=4, n_in=4, n_out=3, acts=["Relu"]), "cpu", torch.float64)
-    spec = _random_spec(graph, seed)
-    exact, _, best = verify_milp(graph, spec, time_limit=30)
-    if abs(best) < 1e-4:
-        pytest.skip("borderline: the MILP optimum is within solver tolerance of 0")
-    problem = SpecTensors.from_spec(spec, graph.input.shape, dtype=torch.float64)
-    box = Interval(problem.lower, problem.upper)
-    alphas = {}
-    _, root = optimise_all(graph, box, problem.C, AlphaOptions(iterations=5, stop_above=None), final_alphas=alphas)
+    graph, problem, box, root, alphas, exact, best = _relu_case_with_alpha_root(300 + seed, seed, depth=4)
     calls = []
 
     def tighten():
