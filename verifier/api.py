@@ -27,6 +27,7 @@ from bounds.graph.interpret import run as run_graph
 from branching.bab import BaBOutcome, input_split_bab, is_out_of_memory
 from branching.milp import exact_search, milp_encodable, relu_count, unstable_relus
 from branching.milp_refine import RefineOptions, refine_intervals
+from branching.split_refine import SplitRefineOptions, refine_by_splits_steps, relu_network
 from branching.general_split import general_split_bab
 from branching.relu_split import TightenedRoot, relu_split_bab
 from bounds.alpha import IntermediateSlopes, optimise_all
@@ -566,12 +567,26 @@ class _Run:
             raise _Timeout("the exact MILP")
         return None
 
-    def milp_tighten(self, graph: Graph, problem: SpecTensors, root: dict[str, Interval], budget: Deadline,
-                     slopes: dict[str, IntermediateSlopes] | None = None
+    def tighten_root(self, graph: Graph, problem: SpecTensors, root: dict[str, Interval], budget: Deadline,
+                     method: str, slopes: dict[str, IntermediateSlopes] | None = None, splits: int = 8
                      ) -> tuple[dict[str, Interval], torch.Tensor, dict[str, torch.Tensor]]:
-        """Tighten intervals valid on the (one) box by time-limited MILPs, layer by layer,
-        then alpha-CROWN over them: (intervals of every value, lower bounds of the spec rows,
-        the output bound's slopes); `slopes` receives the intermediate bounds' slopes."""
+        """Tighten intervals valid on the (one) box layer by layer, by `method` ("splits":
+        branching.split_refine; "milp": branching.milp_refine), then alpha-CROWN over them:
+        (intervals of every value, lower bounds of the spec rows, the output bound's slopes);
+        `slopes` receives the intermediate bounds' slopes; `splits`: earlier ReLUs fixed per
+        neuron by "splits". Details go to self.details under "split_refine" / "milp_refine"."""
+        steps = self.tighten_root_steps(graph, problem, root, budget, method, slopes, splits)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
+
+    def tighten_root_steps(self, graph: Graph, problem: SpecTensors, root: dict[str, Interval], budget: Deadline,
+                           method: str, slopes: dict[str, IntermediateSlopes] | None = None, splits: int = 8):
+        """tighten_root as a generator that yields between batches of the splitting method's
+        sub-problems (the MILPs run through without yielding); its return value is
+        tighten_root's."""
         t = time.monotonic()
         g64 = graph_to(graph, "cpu", torch.float64)
         box = Interval(problem.lower[:1].cpu().double(), problem.upper[:1].cpu().double())
@@ -580,7 +595,7 @@ class _Run:
         latest: list[torch.Tensor] = []
 
         def retighten(bounds: dict[str, Interval]) -> dict[str, Interval]:
-            # the next layer's MILPs only need its still-unstable neurons
+            # the next layer only needs its still-unstable neurons
             lower, tighter = optimise_all(g64, box, C64, self.options.alpha, budget, initial=(bounds, 0.0))
             latest[:] = [lower]
             return tighter
@@ -589,19 +604,24 @@ class _Run:
             # no later layer is needed once the intervals so far refute every polytope
             return bool(latest) and _refutes_the_box(problem, latest[0].to(problem.lower))
 
-        refined, report = refine_intervals(
-            g64, box, {k: Interval(v.lower[:1].cpu().double(), v.upper[:1].cpu().double()) for k, v in root.items()},
-            budget, RefineOptions(per_solve=self.options.bab.milp_refine_per_solve), retighten, decided)
+        start = {k: Interval(v.lower[:1].cpu().double(), v.upper[:1].cpu().double()) for k, v in root.items()}
+        if method == "splits":
+            refined, report = yield from refine_by_splits_steps(g64, box, start, budget, SplitRefineOptions(
+                splits=splits), retighten, decided)
+        else:
+            refined, report = refine_intervals(g64, box, start, budget, RefineOptions(
+                per_solve=self.options.bab.milp_refine_per_solve), retighten, decided)
         back = {k: Interval(v.lower.to(self.device, self.bound_dtype), v.upper.to(self.device, self.bound_dtype))
                 for k, v in refined.items()}
         alphas: dict[str, torch.Tensor] = {}
         lower, new_root = optimise_all(graph, Interval(problem.lower[:1], problem.upper[:1]), problem.C[:1],
                                        self.options.alpha, self.deadline.within(0.25 * self.deadline.remaining()),
                                        final_alphas=alphas, initial=(back, 0.0), intermediate_slopes=slopes)
-        self.timed("milp-refine", t)
-        self.details["milp_refine"] = {"solves": report.solves, "tightened": report.tightened,
-                                       "stabilised": report.stabilised, "layers": report.layers,
-                                       "seconds": round(report.seconds, 3), "lower_after": float(lower.min())}
+        key = "split_refine" if method == "splits" else "milp_refine"
+        self.timed(key.replace("_", "-"), t)
+        self.details[key] = {"solves": report.solves, "tightened": report.tightened,
+                             "stabilised": report.stabilised, "layers": report.layers,
+                             "seconds": round(report.seconds, 3), "lower_after": float(lower.min())}
         return new_root, lower, alphas
 
     def refine_root(self, graph: Graph, problem: SpecTensors, lower: torch.Tensor, root: dict[str, Interval],
@@ -611,17 +631,23 @@ class _Run:
         if problem.n_cases != 1 or not milp_encodable(graph):
             return lower, root, root_alphas
         budget = self.deadline.within(self.options.bab.milp_refine_share * self.deadline.remaining())
-        new_root, new_lower, alphas = self.milp_tighten(graph, problem, root, budget)
+        new_root, new_lower, alphas = self.tighten_root(graph, problem, root, budget, "milp")
         self.details["milp_refine"]["lower_before"] = float(lower.min())
         # both runs are valid: keep the better bound per row (the new slopes go with the new run)
         return torch.maximum(lower, new_lower), new_root, alphas
 
-    def tightening_applies(self, graph: Graph, problem: SpecTensors) -> bool:
-        """Whether ReLU branch and bound tightens its root intervals by MILP midway (see
-        BaBOptions.milp_refine_after): one input box, a network MILP encodes exactly with at
-        most BaBOptions.milp_refine_max_relus ReLUs, and enough time left."""
+    def tightening_applies(self, graph: Graph, problem: SpecTensors, method: str) -> bool:
+        """Whether ReLU branch and bound tightens its root intervals midway by `method` (see
+        BaBOptions.split_refine_after / milp_refine_after): one input box, a ReLU network
+        (for "milp" one that MILP encodes exactly with at most BaBOptions.milp_refine_max_relus
+        ReLUs), and enough time left."""
         options = self.options.bab
-        return not (options.milp_refine_after is None or problem.n_cases != 1 or not milp_encodable(graph)
+        if problem.n_cases != 1:
+            return False
+        if method == "splits":
+            return (options.split_refine_after is not None and relu_network(graph)
+                    and self.deadline.remaining() >= options.split_refine_min_seconds)
+        return not (options.milp_refine_after is None or not milp_encodable(graph)
                     or relu_count(graph) > options.milp_refine_max_relus
                     or self.deadline.remaining() < options.milp_refine_min_seconds)
 
@@ -629,27 +655,41 @@ class _Run:
                     root_alphas: dict[str, torch.Tensor], root_slopes: dict[str, IntermediateSlopes],
                     progress) -> BaBOutcome:
         """ReLU splitting until the deadline; where tightening_applies, the root's intervals
-        are tightened by MILP once BaBOptions.milp_refine_after of the time has passed
-        undecided, and the search goes on from them too (relu_split_bab's `tighten`): easy
-        instances never pay for the MILPs."""
+        are tightened midway, first by splitting earlier ReLUs (BaBOptions.split_refine_after
+        of the time), then by MILP (milp_refine_after) from the best intervals so far, and the
+        search goes on from each tighter root too (relu_split_bab's `tighten`): easy instances
+        never pay for either."""
         options = self.options.bab
+        best = [root]
 
-        def tighten() -> TightenedRoot:
-            budget = self.deadline.within(options.milp_refine_late_share * self.deadline.remaining())
-            progress_log.info("branch and bound: tightening the root's intervals by MILP for up to %.0f s",
-                              budget.remaining())
-            slopes: dict[str, IntermediateSlopes] = {}
-            tighter, lower, alphas = self.milp_tighten(graph, problem, root, budget, slopes)
-            report = self.details["milp_refine"]
-            report["refutes"] = _refutes_the_box(problem, lower)
-            progress_log.info("branch and bound: MILP tightened %d bounds (%d neurons now stable) in %.1f s; "
-                              "alpha-CROWN over them: worst row %.4g", report["tightened"], report["stabilised"],
-                              report["seconds"], float(lower.min()))
-            return TightenedRoot(tighter, alphas, slopes, report["refutes"])
+        def stage(method: str, share: float, label: str, splits: int = 0):
+            def tighten():
+                budget = self.deadline.within(share * self.deadline.remaining())
+                progress_log.info("branch and bound: tightening the root's intervals by %s for up to %.0f s",
+                                  label, budget.remaining())
+                slopes: dict[str, IntermediateSlopes] = {}
+                tighter, lower, alphas = yield from self.tighten_root_steps(graph, problem, best[0], budget, method,
+                                                                            slopes, splits)
+                best[0] = tighter
+                report = self.details["split_refine" if method == "splits" else "milp_refine"]
+                report["refutes"] = _refutes_the_box(problem, lower)
+                progress_log.info("branch and bound: %s tightened %d bounds (%d neurons now stable) in %.1f s; "
+                                  "alpha-CROWN over them: worst row %.4g", label, report["tightened"],
+                                  report["stabilised"], report["seconds"], float(lower.min()))
+                return TightenedRoot(tighter, alphas, slopes, report["refutes"])
+            return tighten
 
+        stages = []
+        if self.tightening_applies(graph, problem, "splits"):
+            # passes with more splits each, from the intervals of the pass before: the cheap one
+            # often decides (eran 2954: 6 refute in 58 s, 8 take 176 s), the dear one goes further
+            for k in options.split_refine_splits:
+                stages.append((options.split_refine_after, stage("splits", options.split_refine_share,
+                                                                 f"splitting {k} earlier ReLUs per neuron", k)))
+        if self.tightening_applies(graph, problem, "milp"):
+            stages.append((options.milp_refine_after, stage("milp", options.milp_refine_late_share, "MILP")))
         return relu_split_bab(graph, problem, self.deadline, options, progress, root, root_alphas,
-                              falsify=self.falsify_from, root_slopes=root_slopes,
-                              tighten=tighten if self.tightening_applies(graph, problem) else None)
+                              falsify=self.falsify_from, root_slopes=root_slopes, tighten=stages)
 
     def branch_and_bound(self) -> Result | None:
         """Input-splitting BaB over every case; a verdict, or None (then `unknown`)."""
@@ -706,10 +746,11 @@ class _Run:
                 outcome = self.relu_search(graph, problem, root, root_alphas, root_slopes, progress)
         self.details["bab"] = {"kind": kind, "visited": outcome.visited, "max_depth": outcome.max_depth,
                                "seconds": round(outcome.elapsed, 3)}
-        if outcome.status == "unsat" and self.details.get("milp_refine", {}).get("refutes"):
-            return self.result(Outcome.UNSAT, "milp-refine", f"{kind} ({outcome.visited} sub-problems) left the "
-                               "spec open; alpha-CROWN over the root's intervals tightened by MILP then refuted "
-                               "every output polytope", best_bound=0.0)
+        for key, how in (("split_refine", "by splitting earlier ReLUs"), ("milp_refine", "by MILP")):
+            if outcome.status == "unsat" and self.details.get(key, {}).get("refutes"):
+                return self.result(Outcome.UNSAT, key.replace("_", "-"), f"{kind} ({outcome.visited} sub-problems) "
+                                   f"left the spec open; alpha-CROWN over the root's intervals tightened {how} then "
+                                   "refuted every output polytope", best_bound=0.0)
         if outcome.status == "unsat":
             return self.result(Outcome.UNSAT, "bab", f"{kind} refuted every output polytope "
                                f"({outcome.visited} sub-problems, depth {outcome.max_depth})", best_bound=0.0)
@@ -723,7 +764,7 @@ class _Run:
             return self.try_candidates([cand])
         if outcome.status == "timeout":
             raise _Timeout("branch and bound", outcome.worst_margin,
-                           {k: self.details[k] for k in ("bab", "milp_refine") if k in self.details})
+                           {k: self.details[k] for k in ("bab", "split_refine", "milp_refine") if k in self.details})
         self.details["bab"]["notes"] = outcome.notes
         return None
 

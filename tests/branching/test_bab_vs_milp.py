@@ -147,29 +147,43 @@ def test_relu_split_bab_from_milp_tightened_intervals_agrees_with_milp(seed: int
 
 @pytest.mark.parametrize("seed", range(10))
 def test_relu_split_bab_tightened_mid_search_agrees_with_milp(seed: int) -> None:
-    """`tighten` hands the running search MILP-tightened root intervals (here before its first
-    round): new searches start from them beside the running ones, and the verdict is still
-    the MILP's; a tightening that finds nothing (None) changes nothing."""
-    from branching.bab import BaBOptions
+    """`tighten` hands the running search tighter root intervals (here before its first
+    round, by splitting earlier ReLUs, at once or taking turns with the search, then by MILP
+    from those): the running searches adopt them and new ones start from them, and the
+    verdict is still the MILP's; a tightening that finds nothing (None) changes nothing."""
     from branching.milp_refine import RefineOptions, refine_intervals
     from branching.relu_split import TightenedRoot, relu_split_bab
+    from branching.split_refine import SplitRefineOptions, refine_by_splits, refine_by_splits_steps
 
     graph, problem, box, root, alphas, exact, best = _relu_case_with_alpha_root(300 + seed, seed, depth=4)
     calls = []
+    latest = [root]
 
-    def tighten():
-        calls.append(1)
+    def by_splits():
+        calls.append("splits")
+        latest[0] = refine_by_splits(graph, box, root, _Deadline(10), SplitRefineOptions(splits=3))[0]
+        return TightenedRoot(latest[0], alphas, {})
+
+    def by_splits_taking_turns():
+        # the generator form: its batches take turns with the searches' rounds
+        calls.append("splits")
+        latest[0], _ = yield from refine_by_splits_steps(graph, box, root, _Deadline(10), SplitRefineOptions(splits=3))
+        return TightenedRoot(latest[0], alphas, {})
+
+    def by_milp():
+        calls.append("milp")
         if seed % 3 == 2:
             return None
-        tighter = refine_intervals(graph, box, root, _Deadline(10), RefineOptions(per_solve=1.0, workers=2))[0]
+        tighter = refine_intervals(graph, box, latest[0], _Deadline(10), RefineOptions(per_solve=1.0, workers=2))[0]
         return TightenedRoot(tighter, alphas, {})
 
-    outcome = relu_split_bab(graph, problem, _Deadline(30), BaBOptions(milp_refine_after=0.0), root_bounds=root,
-                             root_alphas=alphas, tighten=tighten)
+    splits = by_splits_taking_turns if seed % 4 in (0, 1) else by_splits
+    outcome = relu_split_bab(graph, problem, _Deadline(30), root_bounds=root, root_alphas=alphas,
+                             tighten=[(0.0, by_milp), (0.0, splits)] if seed % 2 else [(0.0, splits)])
     if exact == "sat" and outcome.status == "unknown":
         return
     assert outcome.status == exact, f"ReLU BaB says {outcome.status}, MILP says {exact} (t*={best})"
-    assert calls == [1]
+    assert calls in (["splits"], ["milp", "splits"], ["splits", "milp"])
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -194,6 +208,24 @@ def test_relu_split_bab_on_two_boxes_with_per_case_slopes_agrees_with_milp(seed:
     assert any(v.shape[0] == 2 for s in slopes.values() for v in s.params.values())
     outcome = relu_split_bab(graph, problem, _Deadline(30), BaBOptions(layer_search_share=0.99), root_bounds=root,
                              root_alphas=alphas, root_slopes=slopes)
+    if exact == "sat" and outcome.status == "unknown":
+        return
+    assert outcome.status == exact, f"ReLU BaB says {outcome.status}, MILP says {exact} (t*={best})"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_relu_split_bab_from_split_refined_intervals_agrees_with_milp(seed: int) -> None:
+    """The root's intervals tightened by splitting earlier ReLUs before the search: the
+    verdict is still the MILP's."""
+    from branching.bab import BaBOptions
+    from branching.relu_split import relu_split_bab
+    from branching.split_refine import SplitRefineOptions, refine_by_splits
+
+    graph, problem, box, root, alphas, exact, best = _relu_case_with_alpha_root(500 + seed, seed, depth=4)
+    tighter, report = refine_by_splits(graph, box, root, _Deadline(10), SplitRefineOptions(splits=4))
+    assert report.solves > 0 or report.layers == 0
+    outcome = relu_split_bab(graph, problem, _Deadline(30), BaBOptions(layer_search_share=0.0), root_bounds=tighter,
+                             root_alphas=alphas)
     if exact == "sat" and outcome.status == "unknown":
         return
     assert outcome.status == exact, f"ReLU BaB says {outcome.status}, MILP says {exact} (t*={best})"

@@ -246,6 +246,20 @@ def test_late_milp_tightening_inside_branch_and_bound_keeps_the_verdict(tmp_path
     assert res.details["milp_refine"]["solves"] > 0  # the search ran and tightened once
 
 
+def test_tightening_by_splits_then_milp_inside_branch_and_bound_keeps_the_verdict(tmp_path):
+    from branching.bab import BaBOptions
+
+    model, spec = _robust_wide_net(tmp_path)
+    res = verify(model, spec, options=VerifyOptions(timeout=30, bab=BaBOptions(
+        split_refine_after=0.0, split_refine_min_seconds=0.0, split_refine_splits=(2, 4),
+        milp_refine_after=0.0, milp_refine_min_seconds=0.0, milp_refine_per_solve=0.2, milp_max_unstable=0)))
+    assert res.outcome is Outcome.UNSAT
+    splits = res.details["split_refine"]
+    assert splits["solves"] > 0 and splits["layers"] > 0
+    # the MILP stage ran after it, from its intervals, unless those decided already
+    assert splits["refutes"] or res.details["milp_refine"]["solves"] > 0
+
+
 def test_attack_before_neuron_splitting_is_capped(tmp_path, monkeypatch):
     """Neuron splitting attacks by itself, so the attack before it gets at most
     pre_neuron_bab_attack_seconds (and at most a tenth of the limit), not the tenth alone."""
