@@ -365,6 +365,10 @@ def _bound_round(graph: Graph, problem: SpecTensors, batch: ReluDomains, relaxed
 RESTART_WEIGHT = 2.0
 
 
+#: tighter root intervals arriving with less time left than this are adopted by the running
+#: searches only (no new ones launched)
+LATE_LAUNCH_SECONDS = 10.0
+
 #: a tightening that takes turns with the searches (relu_split_bab's `tighten` returning a
 #: generator) gets this many times as much time as all running searches together: it is
 #: worth most when it finishes (mnist_fc 256x4 prop_5 eps 0.05: the splitting of earlier
@@ -495,14 +499,17 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         if tighter is not None and tighter.refutes:
             return True
         if tighter is not None and not deadline.expired():
-            generation += 1
             bounds, alphas, _ = split.carry(tighter.bounds, tighter.alphas, None)
             K = problem.n_cases
             for k, v in bounds.items():
                 v = Interval(v.lower.expand(K, *v.lower.shape[1:]), v.upper.expand(K, *v.upper.shape[1:]))
                 tightest[k] = _intersect(tightest[k], v, None) if k in tightest else v
-            launch(bounds, alphas, {k: v.take(split.case_of) for k, v in tighter.slopes.items()},
-                   RESTART_WEIGHT ** generation)
+            # a new search needs a few rounds to size them to the time left; close to the
+            # deadline the running ones (which adopted the intervals above) finish alone
+            if deadline.remaining() >= LATE_LAUNCH_SECONDS:
+                generation += 1
+                launch(bounds, alphas, {k: v.take(split.case_of) for k, v in tighter.slopes.items()},
+                       RESTART_WEIGHT ** generation)
         return False
 
     refuted = False
@@ -520,6 +527,9 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
         i = min(active, key=lambda j: spent[j] / max(weights[j], 1e-9))
         task = min(running, key=lambda r: r[1] / r[2], default=None)
         t = time.perf_counter()
+        if task is not None and deadline.expired():
+            running.clear()  # no step of a tightening past the deadline: the searches stop now
+            task = None
         if task is not None and task[1] / task[2] <= spent[i] / max(weights[i], 1e-9):
             try:
                 next(task[0])

@@ -43,8 +43,9 @@ class SplitRefineOptions:
     #: gradient steps of the multiplier and slope search per sub-problem
     iterations: int = 20
     #: most sub-problems bounded in one propagation call (memory guard; fewer when the
-    #: network's widest value needs it)
-    max_batch: int = 8192
+    #: network's widest value needs it). A caller taking turns waits at most one such batch
+    #: (about a second on mnist_fc 256x6, one thread)
+    max_batch: int = 2048
 
 
 def _relu_inputs(graph: Graph) -> dict[str, str]:

@@ -663,7 +663,13 @@ class _Run:
         best = [root]
 
         def stage(method: str, share: float, label: str, splits: int = 0):
+            least = options.split_refine_min_seconds if method == "splits" else options.milp_refine_min_seconds
+
             def tighten():
+                if self.deadline.remaining() < least:
+                    # the stages before took the time (HiGHS can overrun its limit at the root
+                    # node by seconds: no MILPs close to the deadline)
+                    return None
                 budget = self.deadline.within(share * self.deadline.remaining())
                 progress_log.info("branch and bound: tightening the root's intervals by %s for up to %.0f s",
                                   label, budget.remaining())
