@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Callable, Generator
+from typing import Callable, Generator, TypeVar
 
 import torch
 
@@ -32,6 +32,8 @@ from bounds.ops.relu import LeakyRelu, Relu
 from bounds.types import Interval
 from branching.bab import memory_batch_size
 from branching.milp_refine import RefineReport
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,11 @@ def refine_by_splits(graph: Graph, box: Interval, bounds: dict[str, Interval], d
     interval on `box`; `deadline` ends the refinement early, keeping what was proven; `done()`
     (asked after each `retighten`) ends it once true. Returns new intervals, never wider, and
     a report (`solves`: sub-problems bounded)."""
-    steps = refine_by_splits_steps(graph, box, bounds, deadline, options, retighten, done)
+    return run_to_end(refine_by_splits_steps(graph, box, bounds, deadline, options, retighten, done))
+
+
+def run_to_end(steps: Generator[None, None, T]) -> T:
+    """Run a generator that yields only to take turns; its return value."""
     while True:
         try:
             next(steps)
@@ -209,4 +215,4 @@ def refine_by_splits_steps(graph: Graph, box: Interval, bounds: dict[str, Interv
     return bounds, report
 
 
-__all__ = ["SplitRefineOptions", "refine_by_splits", "refine_by_splits_steps", "relu_network"]
+__all__ = ["SplitRefineOptions", "refine_by_splits", "refine_by_splits_steps", "relu_network", "run_to_end"]

@@ -27,7 +27,7 @@ from bounds.graph.interpret import run as run_graph
 from branching.bab import BaBOutcome, input_split_bab, is_out_of_memory
 from branching.milp import exact_search, milp_encodable, relu_count, unstable_relus
 from branching.milp_refine import RefineOptions, refine_intervals
-from branching.split_refine import SplitRefineOptions, refine_by_splits_steps, relu_network
+from branching.split_refine import SplitRefineOptions, refine_by_splits_steps, relu_network, run_to_end
 from branching.general_split import general_split_bab
 from branching.relu_split import TightenedRoot, relu_split_bab
 from bounds.alpha import IntermediateSlopes, optimise_all
@@ -575,12 +575,7 @@ class _Run:
         (intervals of every value, lower bounds of the spec rows, the output bound's slopes);
         `slopes` receives the intermediate bounds' slopes; `splits`: earlier ReLUs fixed per
         neuron by "splits". Details go to self.details under "split_refine" / "milp_refine"."""
-        steps = self.tighten_root_steps(graph, problem, root, budget, method, slopes, splits)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as stop:
-                return stop.value
+        return run_to_end(self.tighten_root_steps(graph, problem, root, budget, method, slopes, splits))
 
     def tighten_root_steps(self, graph: Graph, problem: SpecTensors, root: dict[str, Interval], budget: Deadline,
                            method: str, slopes: dict[str, IntermediateSlopes] | None = None, splits: int = 8):
@@ -639,13 +634,14 @@ class _Run:
     def tightening_applies(self, graph: Graph, problem: SpecTensors, method: str) -> bool:
         """Whether ReLU branch and bound tightens its root intervals midway by `method` (see
         BaBOptions.split_refine_after / milp_refine_after): one input box, a ReLU network
-        (for "milp" one that MILP encodes exactly with at most BaBOptions.milp_refine_max_relus
-        ReLUs), and enough time left."""
+        of at most split_refine_max_relus ReLUs (for "milp" one that MILP encodes exactly with
+        at most milp_refine_max_relus), and enough time left."""
         options = self.options.bab
         if problem.n_cases != 1:
             return False
         if method == "splits":
             return (options.split_refine_after is not None and relu_network(graph)
+                    and relu_count(graph) <= options.split_refine_max_relus
                     and self.deadline.remaining() >= options.split_refine_min_seconds)
         return not (options.milp_refine_after is None or not milp_encodable(graph)
                     or relu_count(graph) > options.milp_refine_max_relus
