@@ -13,7 +13,7 @@ import inspect
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -394,7 +394,7 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
                    root_alphas: dict[str, torch.Tensor] | None = None,
                    falsify: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, int] | None] | None = None,
                    root_slopes: dict[str, IntermediateSlopes] | None = None,
-                   tighten: Sequence[tuple[float, Callable[[], "TightenedRoot | None"]]] = ()
+                   tighten: Sequence[tuple[float, Callable[[], Any]]] = ()
                    ) -> BaBOutcome:
     """Decide the spec by splitting unstable ReLUs until every sub-problem is refuted.
 
@@ -412,11 +412,12 @@ def relu_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOpt
     On deep narrow networks a second, layer-by-layer search takes turns with this one
     (BaBOptions.layer_search_share); the first to finish decides.
     `tighten`: (share, fn) pairs; each fn() is called once, after that share of the time left
-    when the search began and once the tightening before it has finished, and returns tighter root intervals valid on each case's box (e.g.
-    by splitting earlier ReLUs or by MILP, in the terms of `problem`), None, or a generator
-    that returns one of those and meanwhile takes turns with the searches (TIGHTEN_WEIGHT
-    times as much time as all of them together). The running searches adopt the tighter intervals (intersected
-    with their own), and the same searches start again from them beside the running ones,
+    when the search began and once the tightening before it has finished. It returns tighter
+    root intervals valid on each case's box (e.g. by splitting earlier ReLUs or by MILP, in
+    the terms of `problem`), None, or a generator that returns one of those and meanwhile
+    takes turns with the searches (TIGHTEN_WEIGHT times as much time as all of them
+    together). The running searches adopt the tighter intervals (intersected with their
+    own), and the same searches start again from them beside the running ones,
     each new generation RESTART_WEIGHT times as much time as the one before.
     """
     start = time.perf_counter()

@@ -139,8 +139,8 @@ def _refine_layer(graph: Graph, target: str, bounds: dict[str, Interval], earlie
         for p in earlier:
             inter[p] = apply_splits(inter[p], splits[p])
         Cm = C[0, rows].repeat_interleave(P, 0).unsqueeze(1)
-        found, _ = optimise_lower(graph, target, Cm, inter, AlphaOptions(iterations=options.iterations, stop_above=None),
-                                  deadline=deadline, splits=splits)
+        search = AlphaOptions(iterations=options.iterations, stop_above=None)
+        found, _ = optimise_lower(graph, target, Cm, inter, search, deadline=deadline, splits=splits)
         # the patterns cover the box: the worst of them bounds the row everywhere
         best[rows] = found.reshape(len(rows), P).min(1).values
         bounded += m
