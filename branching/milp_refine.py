@@ -10,11 +10,12 @@ between (`retighten`) so that fewer neurons of the next layer remain unstable.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Generator, TypeVar
 
 import highspy
 import numpy as np
@@ -28,6 +29,8 @@ from branching.milp import encode, new_model
 #: HiGHS stops at feasibility tolerances of 1e-9 (set in new_model); the refined bounds are
 #: widened by this much (relative to their magnitude, plus absolute) before they are used
 REFINE_SLACK = 1e-6
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -115,32 +118,24 @@ def refine_intervals(graph64: Graph, box: Interval, bounds: dict[str, Interval],
     keeping what was proven, and so does `done()` once true (asked after each `retighten`,
     e.g. whether the intervals so far decide the caller's question). Returns new intervals
     (never wider than `bounds`) and a report."""
-    start = time.monotonic()
-    report = RefineReport()
-    bounds = dict(bounds)
-    relaxed = pre_activation_nodes(graph64)
-    order = [n.name for n in graph64.nodes if n.name in relaxed]
+    order = [n.name for n in graph64.nodes if n.name in pre_activation_nodes(graph64)]
     sizes = sum(int(np.prod(graph64[n].shape)) for n in order)
-    for position, name in enumerate(order[1:], start=1):
-        if deadline.expired():
-            report.reason = "deadline"
-            break
+
+    def layer(name: str, earlier: list[str], bounds: dict[str, Interval]) -> tuple[Interval, int] | None:
         iv = bounds[name]
         lower, upper = iv.lower.reshape(-1).double().clone(), iv.upper.reshape(-1).double().clone()
         unstable = ((lower < 0) & (upper > 0)).nonzero().flatten()
         if len(unstable) == 0:
-            continue
+            return None
         # the layered encoding: a variable per ReLU output that is not constant zero, and a
         # binary per unstable one
         width = box.lower.numel() + sum(int((bounds[n].upper > 0).sum())
                                         + int(((bounds[n].lower < 0) & (bounds[n].upper > 0)).sum())
-                                        for n in order[:position])
+                                        for n in earlier)
         if width * sizes > options.max_encoding:
-            report.reason = "encoding too large"
-            break
+            raise StopRefining("encoding too large")
         enc = encode(graph64, box.lower.double(), box.upper.double(), bounds, until=name, layered=True)
         M, c = enc.affine(name)
-        report.layers += 1
         neurons = _order(lower, upper, unstable)
         threads = min(options.thread_count(), len(neurons))
         # neurons dealt round-robin (the widest first in every share), each share solved in
@@ -150,18 +145,55 @@ def refine_intervals(graph64: Graph, box: Interval, bounds: dict[str, Interval],
         with ThreadPoolExecutor(threads) as pool:
             found = list(pool.map(lambda share: _solve_share(enc, M, c, share, options.per_solve, deadline), shares))
         for proven in found:
-            report.solves += proven.solves
             for j, (low, up) in proven.bounds.items():
-                if low > lower[j]:
-                    lower[j] = low
-                    report.tightened += 1
-                if up < upper[j]:
-                    upper[j] = up
-                    report.tightened += 1
-                if lower[j] >= 0 or upper[j] <= 0:
-                    report.stabilised += 1
-        bounds[name] = Interval(lower.reshape(iv.lower.shape).to(iv.lower.dtype),
-                                upper.reshape(iv.upper.shape).to(iv.upper.dtype))
+                lower[j] = max(float(lower[j]), low)
+                upper[j] = min(float(upper[j]), up)
+        return (Interval(lower.reshape(iv.lower.shape).to(iv.lower.dtype),
+                         upper.reshape(iv.upper.shape).to(iv.upper.dtype)), sum(p.solves for p in found))
+
+    return run_to_end(refine_layer_by_layer(graph64, bounds, deadline, layer, retighten, done))
+
+
+class StopRefining(Exception):
+    """Raised by a layer refiner (refine_layer_by_layer) to end the refinement; the message is
+    the report's reason."""
+
+
+def refine_layer_by_layer(graph: Graph, bounds: dict[str, Interval], deadline, refine_layer,
+                          retighten: Callable[[dict[str, Interval]], dict[str, Interval]] | None = None,
+                          done: Callable[[], bool] | None = None
+                          ) -> Generator[None, None, tuple[dict[str, Interval], RefineReport]]:
+    """The loop both refinements share: every relaxed value after the first, in order,
+    refined by `refine_layer(name, earlier relaxed values, bounds)` (None: nothing to do;
+    else (interval never wider, solves); a generator of that when it takes turns, which this
+    one then yields through), `retighten` between layers and `done()` after it ending the
+    loop once true, as does the deadline. Returns the intervals and a report."""
+    start = time.monotonic()
+    report = RefineReport()
+    bounds = dict(bounds)
+    relaxed = pre_activation_nodes(graph)
+    order = [n.name for n in graph.nodes if n.name in relaxed]
+    for position, name in enumerate(order[1:], start=1):
+        if deadline.expired():
+            report.reason = "deadline"
+            break
+        before = bounds[name]
+        try:
+            found = refine_layer(name, order[:position], bounds)
+            if inspect.isgenerator(found):
+                found = yield from found
+        except StopRefining as stop:
+            report.reason = str(stop)
+            break
+        if found is None:
+            continue
+        refined, solves = found
+        report.solves += solves
+        report.layers += 1
+        report.tightened += int((refined.lower > before.lower).sum() + (refined.upper < before.upper).sum())
+        was = (before.lower < 0) & (before.upper > 0)
+        report.stabilised += int((was & ((refined.lower >= 0) | (refined.upper <= 0))).sum())
+        bounds[name] = refined
         if retighten is not None and position < len(order) - 1 and not deadline.expired():
             bounds = retighten(bounds)
             if done is not None and done():
@@ -171,4 +203,14 @@ def refine_intervals(graph64: Graph, box: Interval, bounds: dict[str, Interval],
     return bounds, report
 
 
-__all__ = ["RefineOptions", "RefineReport", "refine_intervals"]
+def run_to_end(steps: Generator[None, None, T]) -> T:
+    """Run a generator that yields only to take turns; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            return stop.value
+
+
+__all__ = ["RefineOptions", "RefineReport", "StopRefining", "refine_intervals", "refine_layer_by_layer",
+           "run_to_end"]

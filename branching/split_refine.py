@@ -18,9 +18,8 @@ next layer remain unstable.
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import dataclass
-from typing import Callable, Generator, TypeVar
+from typing import Callable, Generator
 
 import torch
 
@@ -31,9 +30,7 @@ from bounds.ops import RULES
 from bounds.ops.relu import LeakyRelu, Relu
 from bounds.types import Interval
 from branching.bab import memory_batch_size
-from branching.milp_refine import RefineReport
-
-T = TypeVar("T")
+from branching.milp_refine import RefineReport, refine_layer_by_layer, run_to_end
 
 
 @dataclass(frozen=True)
@@ -163,15 +160,6 @@ def refine_by_splits(graph: Graph, box: Interval, bounds: dict[str, Interval], d
     return run_to_end(refine_by_splits_steps(graph, box, bounds, deadline, options, retighten, done))
 
 
-def run_to_end(steps: Generator[None, None, T]) -> T:
-    """Run a generator that yields only to take turns; its return value."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
-
-
 def refine_by_splits_steps(graph: Graph, box: Interval, bounds: dict[str, Interval], deadline,
                            options: SplitRefineOptions = SplitRefineOptions(),
                            retighten: Callable[[dict[str, Interval]], dict[str, Interval]] | None = None,
@@ -179,40 +167,16 @@ def refine_by_splits_steps(graph: Graph, box: Interval, bounds: dict[str, Interv
                            ) -> Generator[None, None, tuple[dict[str, Interval], RefineReport]]:
     """refine_by_splits as a generator that yields after each batch of sub-problems, so that
     a caller can take turns with other work (its result is the generator's return value)."""
-    start = time.monotonic()
-    report = RefineReport()
-    bounds = dict(bounds)
-    relu_of = _relu_inputs(graph)
-    relaxed = pre_activation_nodes(graph)
-    order = [n.name for n in graph.nodes if n.name in relaxed]
     if not relu_network(graph):
         # another nonlinearity sits among the layers: the first ReLU layer need not be exact
         # and the splits would miss its relaxation; such nets are left as they are
-        report.reason = "not a ReLU network"
-        report.seconds = time.monotonic() - start
-        return bounds, report
-    for position, name in enumerate(order[1:], start=1):
-        if deadline.expired():
-            report.reason = "deadline"
-            break
-        before = bounds[name]
-        found = yield from _refine_layer(graph, name, bounds, order[:position], relu_of, options, deadline)
-        if found is None:
-            continue
-        refined, bounded = found
-        report.solves += bounded
-        report.layers += 1
-        report.tightened += int((refined.lower > before.lower).sum() + (refined.upper < before.upper).sum())
-        was = (before.lower < 0) & (before.upper > 0)
-        report.stabilised += int((was & ((refined.lower >= 0) | (refined.upper <= 0))).sum())
-        bounds[name] = refined
-        if retighten is not None and position < len(order) - 1 and not deadline.expired():
-            bounds = retighten(bounds)
-            if done is not None and done():
-                report.reason = "done"
-                break
-    report.seconds = time.monotonic() - start
-    return bounds, report
+        return dict(bounds), RefineReport(reason="not a ReLU network")
+    relu_of = _relu_inputs(graph)
+
+    def layer(name: str, earlier: list[str], bounds: dict[str, Interval]):
+        return _refine_layer(graph, name, bounds, earlier, relu_of, options, deadline)
+
+    return (yield from refine_layer_by_layer(graph, bounds, deadline, layer, retighten, done))
 
 
-__all__ = ["SplitRefineOptions", "refine_by_splits", "refine_by_splits_steps", "relu_network", "run_to_end"]
+__all__ = ["SplitRefineOptions", "refine_by_splits", "refine_by_splits_steps", "relu_network"]

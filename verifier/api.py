@@ -26,8 +26,8 @@ from bounds.crown import RecordOnly, spec_lower_bounds
 from bounds.graph.interpret import run as run_graph
 from branching.bab import BaBOutcome, input_split_bab, is_out_of_memory
 from branching.milp import exact_search, milp_encodable, relu_count, unstable_relus
-from branching.milp_refine import RefineOptions, refine_intervals
-from branching.split_refine import SplitRefineOptions, refine_by_splits_steps, relu_network, run_to_end
+from branching.milp_refine import RefineOptions, refine_intervals, run_to_end
+from branching.split_refine import SplitRefineOptions, refine_by_splits_steps, relu_network
 from branching.general_split import general_split_bab
 from branching.relu_split import TightenedRoot, relu_split_bab
 from bounds.alpha import IntermediateSlopes, optimise_all
