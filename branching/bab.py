@@ -55,13 +55,11 @@ class BaBOptions:
     #: passed undecided, the root's intervals are tightened by splitting, for each unstable
     #: neuron, the earlier ReLUs that cost its bound most (branching.split_refine), and the
     #: same searches start again from them beside the running ones; None: never. mnist_fc
-    #: 256x4 prop_5 eps 0.05 (open at 300 s before): the worst row -0.94 -> +0.007 in 46 s
+    #: 256x4 eps 0.05 (open at 300 s before): prop_0's worst row -2.23 -> +0.01 in 25 s of it,
+    #: prop_10's -1.64 -> +0.07 in 100 s
     split_refine_after: float | None = 0.05
-    #: ... spending at most this share of the time left then
+    #: ... spending this share of the time left then (the split trees grow as long as they may)
     split_refine_share: float = 0.6
-    #: ... in passes with this many earlier ReLUs fixed per neuron (2^splits sub-problems
-    #: each), each pass from the intervals of the one before
-    split_refine_splits: tuple[int, ...] = (6, 8)
     #: ... and only with at least this much time left, on networks of at most this many ReLUs
     #: (oval21 cifar_wide, 6244 ReLUs in conv layers: 93 s of it moved the root's worst row
     #: from -0.4534 to -0.4477 while the searches got a quarter of the time)

@@ -568,17 +568,17 @@ class _Run:
         return None
 
     def tighten_root(self, graph: Graph, problem: SpecTensors, root: dict[str, Interval], budget: Deadline,
-                     method: str, slopes: dict[str, IntermediateSlopes] | None = None, splits: int = 8
+                     method: str, slopes: dict[str, IntermediateSlopes] | None = None
                      ) -> tuple[dict[str, Interval], torch.Tensor, dict[str, torch.Tensor]]:
         """Tighten intervals valid on the (one) box layer by layer, by `method` ("splits":
         branching.split_refine; "milp": branching.milp_refine), then alpha-CROWN over them:
         (intervals of every value, lower bounds of the spec rows, the output bound's slopes);
-        `slopes` receives the intermediate bounds' slopes; `splits`: earlier ReLUs fixed per
-        neuron by "splits". Details go to self.details under "split_refine" / "milp_refine"."""
-        return run_to_end(self.tighten_root_steps(graph, problem, root, budget, method, slopes, splits))
+        `slopes` receives the intermediate bounds' slopes. Details go to self.details under
+        "split_refine" / "milp_refine"."""
+        return run_to_end(self.tighten_root_steps(graph, problem, root, budget, method, slopes))
 
     def tighten_root_steps(self, graph: Graph, problem: SpecTensors, root: dict[str, Interval], budget: Deadline,
-                           method: str, slopes: dict[str, IntermediateSlopes] | None = None, splits: int = 8):
+                           method: str, slopes: dict[str, IntermediateSlopes] | None = None):
         """tighten_root as a generator that yields between batches of the splitting method's
         sub-problems (the MILPs run through without yielding); its return value is
         tighten_root's."""
@@ -601,8 +601,8 @@ class _Run:
 
         start = {k: Interval(v.lower[:1].cpu().double(), v.upper[:1].cpu().double()) for k, v in root.items()}
         if method == "splits":
-            refined, report = yield from refine_by_splits_steps(g64, box, start, budget, SplitRefineOptions(
-                splits=splits), retighten, decided)
+            refined, report = yield from refine_by_splits_steps(g64, box, start, budget, SplitRefineOptions(),
+                                                                retighten, decided)
         else:
             refined, report = refine_intervals(g64, box, start, budget, RefineOptions(
                 per_solve=self.options.bab.milp_refine_per_solve), retighten, decided)
@@ -658,7 +658,7 @@ class _Run:
         options = self.options.bab
         best = [root]
 
-        def stage(method: str, share: float, label: str, splits: int = 0):
+        def stage(method: str, share: float, label: str):
             least = options.split_refine_min_seconds if method == "splits" else options.milp_refine_min_seconds
 
             def tighten():
@@ -671,7 +671,7 @@ class _Run:
                                   label, budget.remaining())
                 slopes: dict[str, IntermediateSlopes] = {}
                 tighter, lower, alphas = yield from self.tighten_root_steps(graph, problem, best[0], budget, method,
-                                                                            slopes, splits)
+                                                                            slopes)
                 best[0] = tighter
                 report = self.details["split_refine" if method == "splits" else "milp_refine"]
                 report["refutes"] = _refutes_the_box(problem, lower)
@@ -683,11 +683,8 @@ class _Run:
 
         stages = []
         if self.tightening_applies(graph, problem, "splits"):
-            # passes with more splits each, from the intervals of the pass before: the cheap one
-            # often decides (eran 2954: 6 refute in 58 s, 8 take 176 s), the dear one goes further
-            for k in options.split_refine_splits:
-                stages.append((options.split_refine_after, stage("splits", options.split_refine_share,
-                                                                 f"splitting {k} earlier ReLUs per neuron", k)))
+            stages.append((options.split_refine_after, stage("splits", options.split_refine_share,
+                                                             "splitting earlier ReLUs per neuron")))
         if self.tightening_applies(graph, problem, "milp"):
             stages.append((options.milp_refine_after, stage("milp", options.milp_refine_late_share, "MILP")))
         return relu_split_bab(graph, problem, self.deadline, options, progress, root, root_alphas,

@@ -1,8 +1,6 @@
 """Branch-and-bound verdicts equal the exact MILP's on random small ReLU networks."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -12,17 +10,7 @@ from branching.milp import verify_milp
 from branching.problem import SpecTensors
 from specs import Polytope, Spec, SpecCase
 from tests.bounds.random_graphs import random_mlp
-
-
-class _Deadline:
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-
-    def expired(self) -> bool:
-        return time.monotonic() > self.end
-
-    def remaining(self) -> float:
-        return max(0.0, self.end - time.monotonic())
+from verifier.deadline import Deadline as _Deadline
 
 
 def _random_spec(graph, seed: int) -> Spec:
@@ -168,13 +156,13 @@ def test_relu_split_bab_tightened_mid_search_agrees_with_milp(seed: int) -> None
 
     def by_splits():
         calls.append("splits")
-        latest[0] = refine_by_splits(graph, box, root, _Deadline(10), SplitRefineOptions(splits=3))[0]
+        latest[0] = refine_by_splits(graph, box, root, _Deadline(10), SplitRefineOptions(max_leaves=8))[0]
         return TightenedRoot(latest[0], alphas, {})
 
     def by_splits_taking_turns():
         # the generator form: its batches take turns with the searches' rounds
         calls.append("splits")
-        latest[0], _ = yield from refine_by_splits_steps(graph, box, root, _Deadline(10), SplitRefineOptions(splits=3))
+        latest[0], _ = yield from refine_by_splits_steps(graph, box, root, _Deadline(10), SplitRefineOptions(max_leaves=8))
         return TightenedRoot(latest[0], alphas, {})
 
     def by_milp():
@@ -227,6 +215,6 @@ def test_relu_split_bab_from_split_refined_intervals_agrees_with_milp(seed: int)
     from branching.split_refine import SplitRefineOptions, refine_by_splits
 
     graph, problem, box, root, alphas, exact, best = _relu_case_with_alpha_root(500 + seed, seed, depth=4)
-    tighter, report = refine_by_splits(graph, box, root, _Deadline(10), SplitRefineOptions(splits=4))
+    tighter, report = refine_by_splits(graph, box, root, _Deadline(10), SplitRefineOptions(max_leaves=16))
     assert report.solves > 0 or report.layers == 0
     _search_agrees_with_milp(graph, problem, tighter, alphas, exact, best)

@@ -251,7 +251,7 @@ def test_tightening_by_splits_then_milp_inside_branch_and_bound_keeps_the_verdic
 
     model, spec = _robust_wide_net(tmp_path)
     res = verify(model, spec, options=VerifyOptions(timeout=30, bab=BaBOptions(
-        split_refine_after=0.0, split_refine_min_seconds=0.0, split_refine_splits=(2, 4),
+        split_refine_after=0.0, split_refine_min_seconds=0.0, split_refine_share=0.1,
         milp_refine_after=0.0, milp_refine_min_seconds=0.0, milp_refine_per_solve=0.2, milp_max_unstable=0)))
     assert res.outcome is Outcome.UNSAT
     splits = res.details["split_refine"]
