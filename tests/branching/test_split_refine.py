@@ -81,6 +81,24 @@ def test_a_past_deadline_changes_nothing() -> None:
         assert torch.equal(refined[name].lower, iv.lower) and torch.equal(refined[name].upper, iv.upper)
 
 
+def test_a_spec_settled_midway_ends_the_refinement() -> None:
+    """The trees try their intervals so far on the spec (`retighten`, then `done`) as they
+    grow, and stop once it is settled instead of using all their time."""
+    graph, box, alpha = _setup(4, depth=4)
+    tries = []
+
+    def retighten(bounds):
+        tries.append(1)
+        return bounds
+
+    refined, report = refine_by_splits(graph, box, alpha, Deadline(math.inf),
+                                       SplitRefineOptions(max_leaves=10_000, check_every=0.0), retighten,
+                                       lambda: len(tries) >= 2)
+    # the first layer: tried before its first round and after it (settled), then once more
+    # by the layer loop, which ends there
+    assert len(tries) == 3 and report.reason == "done" and report.layers == 1 and report.solves > 0
+
+
 def test_networks_with_other_nonlinearities_are_left_alone() -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Sigmoid(), torch.nn.Linear(6, 6), torch.nn.ReLU(),
