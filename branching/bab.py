@@ -61,8 +61,9 @@ class BaBOptions:
     #: ... spending this share of the time left then (the split trees grow as long as they may)
     split_refine_share: float = 0.6
     #: ... and only with at least this much time left, on networks of at most this many ReLUs
-    #: (oval21 cifar_wide, 6244 ReLUs in conv layers: 93 s of it moved the root's worst row
-    #: from -0.4534 to -0.4477 while the searches got a quarter of the time)
+    #: (oval21 cifar_wide img3458, 6244 ReLUs in conv layers: 90 s of the tightening alone move
+    #: the root's worst row from -0.4534 to -0.3736, far from deciding, while the searches
+    #: would get a quarter of the time)
     split_refine_min_seconds: float = 20.0
     split_refine_max_relus: int = 2048
     #: ReLU splitting on one input box: once this share of the time left when it began has

@@ -11,9 +11,11 @@ propagation per round. The splits go where a row's bound is worst: mnist_fc 256x
 0.05 (the whole root tightening, 2 threads): -2.23 -> +0.01, refuted, in 25 s, where fixing
 the same 8 top-ranked ReLUs per row to all 256 sign patterns reached -1.02 in 32 s.
 
-Layers go in order, each with an equal share of the time left, so each layer's rows use the
-earlier layers' refined intervals, and the caller may re-run its bound propagation in between
-(`retighten`) so that fewer neurons of the next layer remain unstable.
+Layers go in order, each with the share of the time left that its unstable neurons are of
+those still to come, so each layer's rows use the earlier layers' refined intervals; the caller
+may re-run its bound propagation in between (`retighten`) so that fewer neurons of the next
+layer remain unstable, and with a `done` test each layer also tries its intervals so far on
+the spec now and then, ending once they settle it.
 """
 from __future__ import annotations
 
@@ -91,6 +93,8 @@ def _next_split(record: dict[str, torch.Tensor], bounds: dict[str, Interval], ea
         A = record.get(relu_of[pre])
         cost = (torch.zeros(m, lower.numel(), dtype=lower.dtype, device=lower.device) if A is None
                 else A.reshape(m, -1).abs().to(lower.dtype) * gap)
+        # a tiny positive score for every unstable one: leaves whose bound ignores them still
+        # split real candidates (never a stable neuron, whose clamp could empty its interval)
         scores.append(torch.where(unstable, cost + 1e-12, torch.full_like(cost, -1.0)))
     score = torch.cat(scores, 1)
     score = torch.where(flat != 0, torch.full_like(score, -1.0), score)
@@ -100,8 +104,8 @@ def _next_split(record: dict[str, torch.Tensor], bounds: dict[str, Interval], ea
 
 class _Leaves:
     """The open leaves of one layer's split trees, kept in slots that are reused: a round
-    touches only the leaves it splits (copying all of them every round cost about a third of
-    the time once the trees held 100k leaves). Per slot: the row it bounds, its signs, its
+    touches only the leaves it splits instead of copying all of them (signs and warm-start
+    parameters, hundreds of megabytes once a layer's trees hold 100k leaves). Per slot: the row it bounds, its signs, its
     bound, the next earlier ReLU to split there, its slopes and multipliers (float32: warm
     starts need no precision) and whether it is open."""
 
