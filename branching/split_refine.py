@@ -79,25 +79,30 @@ def relu_network(graph: Graph) -> bool:
     return bool(relaxed) and relaxed <= set(_relu_inputs(graph))
 
 
-def _next_split(record: dict[str, torch.Tensor], bounds: dict[str, Interval], earlier: list[str],
-                relu_of: dict[str, str], flat: torch.Tensor) -> torch.Tensor:
-    """Per sub-problem, the flat index of the earlier unstable ReLU not yet split there that
-    costs its bound most (|coefficient| x triangle gap); -1 where none is left."""
-    m = flat.shape[0]
-    scores = []
+def _triangle_gaps(bounds: dict[str, Interval], earlier: list[str]) -> torch.Tensor:
+    """The triangle relaxation's gap (-l·u / (u - l)) of every earlier pre-activation, flat in
+    the order of `earlier`; -1 for stable neurons (never split: a clamp could empty them)."""
+    gaps = []
     for pre in earlier:
         lower, upper = bounds[pre].lower.reshape(-1), bounds[pre].upper.reshape(-1)
         unstable = (lower < 0) & (upper > 0)
-        gap = torch.where(unstable, -lower * upper / torch.where(unstable, upper - lower, torch.ones_like(upper)),
-                          torch.zeros_like(lower))
-        A = record.get(relu_of[pre])
-        cost = (torch.zeros(m, lower.numel(), dtype=lower.dtype, device=lower.device) if A is None
-                else A.reshape(m, -1).abs().to(lower.dtype) * gap)
-        # a tiny positive score for every unstable one: leaves whose bound ignores them still
-        # split real candidates (never a stable neuron, whose clamp could empty its interval)
-        scores.append(torch.where(unstable, cost + 1e-12, torch.full_like(cost, -1.0)))
-    score = torch.cat(scores, 1)
-    score = torch.where(flat != 0, torch.full_like(score, -1.0), score)
+        width = torch.where(unstable, upper - lower, torch.ones_like(upper))
+        gaps.append(torch.where(unstable, -lower * upper / width, torch.full_like(lower, -1.0)))
+    return torch.cat(gaps)
+
+
+def _next_split(record: dict[str, torch.Tensor], gaps: torch.Tensor, sizes: dict[str, int],
+                relu_of: dict[str, str], flat: torch.Tensor) -> torch.Tensor:
+    """Per sub-problem, the flat index of the earlier unstable ReLU not yet split there that
+    costs its bound most (|coefficient| x triangle gap; `gaps` from _triangle_gaps, `sizes`:
+    the earlier pre-activations' sizes in order); -1 where none is left."""
+    m = flat.shape[0]
+    coefficients = [record[relu_of[pre]].reshape(m, -1).abs().to(gaps.dtype) if relu_of[pre] in record
+                    else gaps.new_zeros(m, size) for pre, size in sizes.items()]
+    # a tiny positive score for every unstable one: leaves whose bound ignores them still
+    # split real candidates
+    score = torch.cat(coefficients, 1) * gaps.clamp(min=0) + 1e-12
+    score = torch.where((gaps < 0) | (flat != 0), torch.full_like(score, -1.0), score)
     best, index = score.max(1)
     return torch.where(best > 0, index, torch.full_like(index, -1))
 
@@ -179,10 +184,12 @@ def _refine_layer(graph: Graph, target: str, bounds: dict[str, Interval], earlie
     C[0, torch.arange(n), idx] = 1.0
     C[0, n + torch.arange(n), idx] = -1.0
     C = C.reshape(1, rows, *graph[target].shape)
+    sizes = {p: bounds[p].lower.numel() for p in earlier}
     offsets, total = {}, 0
     for p in earlier:
         offsets[p] = total
-        total += bounds[p].lower.numel()
+        total += sizes[p]
+    gaps = _triangle_gaps(bounds, earlier)
     signs = torch.zeros(rows, total, dtype=torch.int8, device=device)
     record: dict[str, torch.Tensor] = {}
     with torch.no_grad():
@@ -191,9 +198,9 @@ def _refine_layer(graph: Graph, target: str, bounds: dict[str, Interval], earlie
     params = {relu_of[p]: init[relu_of[p]].expand(rows, *init[relu_of[p]].shape[1:]).float().clone()
               for p in earlier if relu_of[p] in init}
     for p in earlier:
-        params[f"beta:{p}"] = torch.zeros(rows, 1, bounds[p].lower.numel(), dtype=torch.float32, device=device)
+        params[f"beta:{p}"] = torch.zeros(rows, 1, sizes[p], dtype=torch.float32, device=device)
     leaves = _Leaves(torch.arange(rows, device=device), signs, torch.cat([lower[idx], -upper[idx]]),
-                     _next_split({k: v[0] for k, v in record.items()}, bounds, earlier, relu_of, signs), params)
+                     _next_split({k: v[0] for k, v in record.items()}, gaps, sizes, relu_of, signs), params)
     most = max(rows, options.leaf_memory // leaves.bytes_per_leaf())
     # the worst bound of each row's closed leaves
     closed = torch.full((rows,), torch.inf, dtype=dtype, device=device)
@@ -251,7 +258,7 @@ def _refine_layer(graph: Graph, target: str, bounds: dict[str, Interval], earlie
         child_signs = leaves.signs[parents].repeat_interleave(2, 0)
         child_signs[torch.arange(m, device=device), leaves.next[parents].repeat_interleave(2)] = torch.tensor(
             [1, -1], dtype=torch.int8, device=device).repeat(len(parents))
-        splits = {p: child_signs[:, offsets[p]:offsets[p] + bounds[p].lower.numel()] for p in earlier}
+        splits = {p: child_signs[:, offsets[p]:offsets[p] + sizes[p]] for p in earlier}
         inter = {name: Interval(v.lower.expand(m, *v.lower.shape[1:]), v.upper.expand(m, *v.upper.shape[1:]))
                  for name, v in bounds.items()}
         for p in earlier:
@@ -263,8 +270,7 @@ def _refine_layer(graph: Graph, target: str, bounds: dict[str, Interval], earlie
                                              alphas=start, deadline=deadline, splits=splits, record=child_record)
         # a child lies inside its parent: the parent's bound holds for it too
         found = torch.maximum(found.reshape(-1), leaves.bound[parents].repeat_interleave(2))
-        child_next = _next_split({k: v[:, 0] for k, v in child_record.items()}, bounds, earlier, relu_of,
-                                 child_signs)
+        child_next = _next_split({k: v[:, 0] for k, v in child_record.items()}, gaps, sizes, relu_of, child_signs)
         for half, slots in ((0, parents), (1, second)):
             leaves.put(slots, child_row[half::2], child_signs[half::2], found[half::2], child_next[half::2],
                        {k: v[half::2] for k, v in found_params.items()})
