@@ -588,12 +588,18 @@ class _Run:
         C64 = problem.C[:1].cpu().double()
 
         latest: list[torch.Tensor] = []
+        kept: dict[str, Interval] = {}
 
         def retighten(bounds: dict[str, Interval]) -> dict[str, Interval]:
-            # the next layer only needs its still-unstable neurons
-            lower, tighter = optimise_all(g64, box, C64, self.options.alpha, budget, initial=(bounds, 0.0))
-            latest[:] = [lower]
-            return tighter
+            # the next layer only needs its still-unstable neurons. Every call's intervals and
+            # spec bounds hold on the box, so the best of all calls so far are kept: alpha-CROWN
+            # over tighter intervals is not always tighter (mnist_fc 256x6 prop_10 eps 0.05:
+            # the worst row -5.6, then -11.5 ten seconds of splitting later)
+            start = {k: v.intersect(kept[k]) if k in kept else v for k, v in bounds.items()}
+            lower, tighter = optimise_all(g64, box, C64, self.options.alpha, budget, initial=(start, 0.0))
+            kept.update({k: v.intersect(kept[k]) if k in kept else v for k, v in tighter.items()})
+            latest[:] = [lower if not latest else torch.maximum(latest[0], lower)]
+            return dict(kept)
 
         def decided() -> bool:
             # no later layer is needed once the intervals so far refute every polytope
@@ -685,7 +691,7 @@ class _Run:
         if self.tightening_applies(graph, problem, "splits"):
             stages.append((options.split_refine_after, stage("splits", options.split_refine_share,
                                                              "splitting earlier ReLUs per neuron")))
-        if self.tightening_applies(graph, problem, "milp"):
+        if self.tightening_applies(graph, problem, "milp") and (options.milp_after_splits or not stages):
             stages.append((options.milp_refine_after, stage("milp", options.milp_refine_late_share, "MILP")))
         return relu_split_bab(graph, problem, self.deadline, options, progress, root, root_alphas,
                               falsify=self.falsify_from, root_slopes=root_slopes, tighten=stages)

@@ -15,7 +15,7 @@ from bounds.graph.ir import graph_to
 from bounds.graph.torch_import import from_torch
 from bounds.types import Interval
 from branching.milp_refine import RefineOptions, refine_intervals
-from branching.split_refine import SplitRefineOptions, refine_by_splits, relu_network
+from branching.split_refine import SplitRefineOptions, _pick_parents, _side_weights, refine_by_splits, relu_network
 from tests.bounds.random_graphs import random_mlp
 from verifier.deadline import Deadline
 
@@ -31,9 +31,11 @@ def _setup(seed: int, depth: int = 3, width: int = 10, acts=("Relu",)):
 
 @pytest.mark.parametrize("seed", range(10))
 @pytest.mark.parametrize("leaves", [2, 8, 64])
-def test_refined_intervals_are_sound_and_never_wider(seed: int, leaves: int) -> None:
+@pytest.mark.parametrize("by_side", [True, False])
+def test_refined_intervals_are_sound_and_never_wider(seed: int, leaves: int, by_side: bool) -> None:
     graph, box, alpha = _setup(seed, acts=("Relu", "LeakyRelu"))
-    refined, report = refine_by_splits(graph, box, alpha, Deadline(math.inf), SplitRefineOptions(max_leaves=leaves))
+    refined, report = refine_by_splits(graph, box, alpha, Deadline(math.inf),
+                                       SplitRefineOptions(max_leaves=leaves, by_side=by_side))
     x = box.lower + (box.upper - box.lower) * torch.rand(4000, 1, 4, dtype=torch.float64,
                                                          generator=torch.Generator().manual_seed(seed))
     # the extreme corners too: where ReLU nets take their optima
@@ -110,3 +112,31 @@ def test_networks_with_other_nonlinearities_are_left_alone() -> None:
     refined, report = refine_by_splits(graph, box, alpha, Deadline(math.inf))
     assert report.reason == "not a ReLU network" and refined == alpha
     assert relu_network(_setup(0)[0])
+
+
+def test_rows_share_the_splits_by_weight() -> None:
+    """Each row gives its worst leaves first; a row of three times the weight gives three
+    times the leaves; equal weights take turns; a row of weight 0 still gets some."""
+    row = torch.tensor([0] * 40 + [1] * 40 + [2] * 40)
+    bound = -torch.rand(120, generator=torch.Generator().manual_seed(0))
+    candidates = torch.arange(120)
+    picked = _pick_parents(candidates, row, bound, torch.tensor([3.0, 1.0, 1.0]), 50)
+    assert torch.bincount(row[picked], minlength=3).tolist() == [30, 10, 10]
+    for r in range(3):
+        chosen = bound[picked][row[picked] == r]
+        assert torch.equal(torch.sort(chosen).values, torch.sort(bound[row == r]).values[:len(chosen)])
+    assert torch.bincount(row[_pick_parents(candidates, row, bound, torch.ones(3), 30)]).tolist() == [10, 10, 10]
+    lopsided = torch.bincount(row[_pick_parents(candidates, row, bound, torch.tensor([1.0, 0.0, 0.0]), 60)],
+                              minlength=3)
+    assert int(lopsided[1]) >= 1 and int(lopsided[2]) >= 1 and int(lopsided[0]) > 30
+    # only the candidates' rows count, and only candidates are picked
+    few = torch.arange(0, 120, 3)
+    assert set(_pick_parents(few, row, bound, torch.ones(3), 100).tolist()) == set(few.tolist())
+
+
+def test_the_side_nearer_zero_gets_the_neuron_s_splits() -> None:
+    # neuron 0: l = -0.1, u = 10 (its minimum is nearly stabilising); neuron 1: l = -4, u = 1
+    worst = torch.tensor([-0.1, -4.0, -10.0, -1.0], dtype=torch.float64)
+    w = _side_weights(worst, 2)
+    assert torch.allclose(w, torch.tensor([10 / 10.1, 1 / 5, 0.1 / 10.1, 4 / 5], dtype=torch.float64))
+    assert float(w[0]) > float(w[2]) and float(w[3]) > float(w[1])
