@@ -58,8 +58,10 @@ class BaBOptions:
     #: 256x4 eps 0.05 (open at 300 s before): prop_0's worst row -2.23 -> +0.01 in 25 s of it,
     #: prop_10's -1.64 -> +0.07 in 100 s
     split_refine_after: float | None = 0.05
-    #: ... spending this share of the time left then (the split trees grow as long as they may)
-    split_refine_share: float = 0.6
+    #: ... spending this share of the time left then (the split trees grow as long as they may;
+    #: mnist_fc 256x4 prop_7 eps 0.05 at 300 s: open at -0.30 with 0.8 and no MILP stage after
+    #: it, -0.75 with 0.6 and the MILP stage)
+    split_refine_share: float = 0.8
     #: ... and only with at least this much time left, on networks of at most this many ReLUs
     #: (oval21 cifar_wide img3458, 6244 ReLUs in conv layers: 90 s of the tightening alone move
     #: the root's worst row from -0.4534 to -0.3736, far from deciding, while the searches
@@ -72,6 +74,10 @@ class BaBOptions:
     #: verifier.api._Run.relu_search); None: never. eran mnist_relu_9_200 at 300 s: 2697,
     #: 2954 and 3857 decided (open before), 225 and 1385 sooner
     milp_refine_after: float | None = 0.2
+    #: ... also after the tightening by splits (otherwise only where that one does not apply):
+    #: after the split trees the MILPs add little (mnist_fc 256x6 prop_10 eps 0.05: worst row
+    #: -10.37 -> -10.2 in 55 s, no neuron stabilised) and their time is better left to the trees
+    milp_after_splits: bool = False
     #: share of the time left then that the MILPs may take
     milp_refine_late_share: float = 0.5
     #: ... only for networks with at most this many ReLUs (HiGHS on a conv net's thousands of

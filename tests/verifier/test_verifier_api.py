@@ -241,7 +241,8 @@ def test_late_milp_tightening_inside_branch_and_bound_keeps_the_verdict(tmp_path
 
     model, spec = _robust_wide_net(tmp_path)
     res = verify(model, spec, options=VerifyOptions(timeout=30, bab=BaBOptions(
-        milp_refine_after=0.0, milp_refine_min_seconds=0.0, milp_refine_per_solve=0.2, milp_max_unstable=0)))
+        milp_refine_after=0.0, milp_refine_min_seconds=0.0, milp_refine_per_solve=0.2, milp_max_unstable=0,
+        split_refine_after=None)))
     assert res.outcome is Outcome.UNSAT
     assert res.details["milp_refine"]["solves"] > 0  # the search ran and tightened once
 
@@ -252,12 +253,24 @@ def test_tightening_by_splits_then_milp_inside_branch_and_bound_keeps_the_verdic
     model, spec = _robust_wide_net(tmp_path)
     res = verify(model, spec, options=VerifyOptions(timeout=30, bab=BaBOptions(
         split_refine_after=0.0, split_refine_min_seconds=0.0, split_refine_share=0.1,
-        milp_refine_after=0.0, milp_refine_min_seconds=0.0, milp_refine_per_solve=0.2, milp_max_unstable=0)))
+        milp_refine_after=0.0, milp_refine_min_seconds=0.0, milp_refine_per_solve=0.2, milp_max_unstable=0,
+        milp_after_splits=True)))
     assert res.outcome is Outcome.UNSAT
     splits = res.details["split_refine"]
     assert splits["solves"] > 0 and splits["layers"] > 0
     # the MILP stage ran after it, from its intervals, unless those decided already
     assert splits["refutes"] or res.details["milp_refine"]["solves"] > 0
+
+
+def test_no_milp_stage_after_the_tightening_by_splits_by_default(tmp_path):
+    from branching.bab import BaBOptions
+
+    model, spec = _robust_wide_net(tmp_path)
+    res = verify(model, spec, options=VerifyOptions(timeout=30, bab=BaBOptions(
+        split_refine_after=0.0, split_refine_min_seconds=0.0, split_refine_share=0.1,
+        milp_refine_after=0.0, milp_refine_min_seconds=0.0, milp_refine_per_solve=0.2, milp_max_unstable=0)))
+    assert res.outcome is Outcome.UNSAT
+    assert res.details["split_refine"]["solves"] > 0 and "milp_refine" not in res.details
 
 
 def test_attack_before_neuron_splitting_is_capped(tmp_path, monkeypatch):
