@@ -279,9 +279,8 @@ def _refine_layer(graph: Graph, target: str, bounds: dict[str, Interval], earlie
         candidates = ids[live[row[ids]]]
         if len(candidates) == 0:
             break
-        # the live rows' worst open leaves, a batch of them, shared out by side weight
-        # (mnist_fc 256x6 prop_10 eps 0.05, 100 s of the whole tightening: its fifth layer
-        # 232 -> 46 unstable, the spec's worst row -996 -> -5.8; equal shares: 250 -> 161, -29.5)
+        # the live rows' worst open leaves, a batch of them, shared out by side weight (the
+        # module's docstring has the figures)
         weight = _side_weights(worst, n) if options.by_side else torch.ones_like(worst)
         parents = _pick_parents(candidates, row, bound, weight * live, batch // 2)
         # the first child of each parent takes its slot, the second a free or new one
