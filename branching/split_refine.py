@@ -145,9 +145,9 @@ def _side_weights(worst: torch.Tensor, n: int) -> torch.Tensor:
 class _Leaves:
     """The open leaves of one layer's split trees, kept in slots that are reused: a round
     touches only the leaves it splits instead of copying all of them (signs and warm-start
-    parameters, hundreds of megabytes once a layer's trees hold 100k leaves). Per slot: the row it bounds, its signs, its
-    bound, the next earlier ReLU to split there, its slopes and multipliers (float32: warm
-    starts need no precision) and whether it is open."""
+    parameters, hundreds of megabytes once a layer's trees hold 100k leaves). Per slot: the
+    row it bounds, its signs, its bound, the next earlier ReLU to split there, its slopes and
+    multipliers (float32: warm starts need no precision) and whether it is open."""
 
     def __init__(self, row: torch.Tensor, signs: torch.Tensor, bound: torch.Tensor, next_split: torch.Tensor,
                  params: dict[str, torch.Tensor]) -> None:
@@ -246,10 +246,14 @@ def _refine_layer(graph: Graph, target: str, bounds: dict[str, Interval], earlie
     began = last_check = time.monotonic()
     check_cost = 0.0
 
-    def interval_now() -> Interval:
+    def row_bounds() -> torch.Tensor:
+        # each row's bound now: the worst of its closed and open leaves
         size = leaves.size
         is_open = leaves.open[:size]
-        best = closed.scatter_reduce(0, leaves.row[:size][is_open], leaves.bound[:size][is_open], "amin")
+        return closed.scatter_reduce(0, leaves.row[:size][is_open], leaves.bound[:size][is_open], "amin")
+
+    def interval_now() -> Interval:
+        best = row_bounds()
         new_lower, new_upper = lower.clone(), upper.clone()
         new_lower[idx] = torch.maximum(lower[idx], best[:n])
         new_upper[idx] = torch.minimum(upper[idx], -best[n:])
@@ -272,7 +276,7 @@ def _refine_layer(graph: Graph, target: str, bounds: dict[str, Interval], earlie
         ids = is_open.nonzero().flatten()
         # rows are finished once a closed leaf is their worst (no split can raise the row),
         # and both rows of a neuron once either shows it stable (its relaxation is exact then)
-        worst = closed.clone().scatter_reduce_(0, row[ids], bound[ids], "amin")
+        worst = row_bounds()
         live = (closed > worst) & (worst < 0) & ((worst[:n] < 0) & (worst[n:] < 0)).repeat(2)
         if options.max_leaves is not None:
             live &= count < options.max_leaves
