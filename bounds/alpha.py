@@ -21,6 +21,7 @@ from bounds.crown import _refine_mask, backward_lower, concretize_lower, interme
 from bounds.graph.ir import Graph, graph_to
 from bounds.ops import RULES
 from bounds.ops.base import ActivationRule
+from bounds.receptive import neuron_rows_lower
 from bounds.types import Interval
 
 
@@ -403,7 +404,9 @@ def _one_pass(graph: Graph, base: dict[str, Interval], plans: list, C: torch.Ten
     lbs = {}
     for name, rows, C_p in plans:
         alphas = {act: p for (t, act), p in params.items() if t == name}
-        lb = backward_lower(graph, name, C_p, cur, alphas)
+        lb = neuron_rows_lower(graph, name, rows, cur, alphas)
+        if lb is None:
+            lb = backward_lower(graph, name, C_p, cur, alphas)
         lbs[name] = lb
         k = len(rows)
         B = lb.shape[0]

@@ -138,7 +138,10 @@ def crown_interval(graph: Graph, name: str, bounds: dict[str, Interval],
     mostly-stable domains is cheap. Returns flat (B, numel) lower/upper, -inf/+inf where
     nothing was computed. `slopes` (bounds.alpha.IntermediateSlopes): optimised relaxation
     slopes for these neurons' bounds, used instead of CROWN's default where they cover them.
+    Neurons of a convolution chain are bounded over their receptive fields (bounds.receptive).
     """
+    from bounds.receptive import neuron_rows_lower   # it builds on this module
+
     ref = bounds[graph.inputs[0]].lower
     batch = max(mask.shape[0], max(b.lower.shape[0] for b in bounds.values()))
     mask = mask.expand(batch, -1)
@@ -153,15 +156,17 @@ def crown_interval(graph: Graph, name: str, bounds: dict[str, Interval],
     for start in range(0, k_total, chunk):
         idx = order[:, start:start + chunk]
         k = idx.shape[1]
-        C = torch.zeros(batch, 2 * k, numel, dtype=ref.dtype, device=ref.device)
-        C[:, :k].scatter_(2, idx.unsqueeze(2), 1.0)
-        C[:, k:].scatter_(2, idx.unsqueeze(2), -1.0)
         alphas = None
         if slopes is not None:
             alphas = slopes.for_neurons(idx)
             if alphas is not None:
                 alphas = {act: v.to(ref.dtype).expand(batch, *v.shape[1:]) for act, v in alphas.items()}
-        lb = backward_lower(graph, name, C.reshape(batch, 2 * k, *shape), bounds, alphas, cuts=cuts)
+        lb = None if cuts is not None else neuron_rows_lower(graph, name, idx, bounds, alphas)
+        if lb is None:
+            C = torch.zeros(batch, 2 * k, numel, dtype=ref.dtype, device=ref.device)
+            C[:, :k].scatter_(2, idx.unsqueeze(2), 1.0)
+            C[:, k:].scatter_(2, idx.unsqueeze(2), -1.0)
+            lb = backward_lower(graph, name, C.reshape(batch, 2 * k, *shape), bounds, alphas, cuts=cuts)
         low.scatter_(1, idx, lb[:, :k])
         up.scatter_(1, idx, -lb[:, k:])
     return low, up
