@@ -158,6 +158,9 @@ def main() -> int:
                         "the synthetic networks run only without it")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    # the first torch optimiser of a process imports torch._dynamo (about 1 s here): paid
+    # before the timings, which are of the bound computations
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     print(f"{'network':34} {'spec':22} {'ours f64':>10} {'s':>6} {'ours f32':>10} {'s':>6} {'auto_LiRPA':>10} {'s':>6}")
     for suite, net, spec in DEFAULT_PAIRS:
         folder = SHARED / suite

@@ -30,10 +30,12 @@ class AlphaOptions:
     iterations: int = 20
     lr: float = 0.1
     #: optimise_all: step size of the ReLU / LeakyReLU slopes (None: `lr`). They take larger
-    #: steps well: on mnist 256x2 / 256x4 and eran ReLU 9x200 (benchmarks/compare_alpha_crown.py,
-    #: 20 iterations) 0.3 gives -1.688 / -2.314 / 0.376 against -1.694 / -2.447 / 0.351 with 0.1,
-    #: while sigmoid / tanh tangent points do best at 0.1 (eran sigmoid 6x200: -0.240 vs 0.110)
-    relu_lr: float | None = 0.3
+    #: steps well: 20 iterations of benchmarks/compare_alpha_crown.py with the passes below
+    #: starting from the given intervals: 0.5 gives mnist 256x6 -395.2, eran ReLU 9x200 0.405,
+    #: oval21 deep -0.1032 against -391.0, 0.402, -0.1045 with 0.3 (and -1.694 / -2.447 /
+    #: 0.351 on 256x2 / 256x4 / 9x200 with 0.1, on the older passes), while sigmoid / tanh
+    #: tangent points do best at 0.1 (eran sigmoid 6x200: -0.240 vs 0.110)
+    relu_lr: float | None = 0.5
     lr_decay: float = 0.98
     #: stop early once every row is proven (lower bound above this)
     stop_above: float | None = 0.0
@@ -48,9 +50,16 @@ class AlphaOptions:
     #: allows this many passes over them (else only the output bound's slopes are searched)
     min_full_passes: int = 8
     #: optimise_all: stop once the summed output bound rose by less than stall_tol * (1 + |sum|)
-    #: over the last stall_window iterations (the slopes have settled; branching does better)
-    stall_window: int = 5
+    #: over the last stall_window iterations (the slopes have settled; branching does better).
+    #: 5 stopped oval21 wide / deep at -0.4537 / -0.1047 where 10 goes on to -0.4533 / -0.1032
+    stall_window: int = 10
     stall_tol: float = 5e-4
+    #: optimise_all: each search iteration bounds the intermediate values starting from the
+    #: best intervals so far (True) or from the intervals it was given (False). The best are
+    #: kept either way and the final pass uses them; but a pass built on them passes no
+    #: gradient to a neuron's slopes while its bound is worse than its best, so the search of
+    #: deep nets stalls (eran ReLU 9x200, 20 iterations: 0.385 with True, 0.405 with False)
+    search_on_best: bool = False
 
 
 _SEARCH_GRAPHS: "weakref.WeakKeyDictionary[Graph, Graph]" = weakref.WeakKeyDictionary()
@@ -443,7 +452,7 @@ def _search_all(graph: Graph, bounds: dict[str, Interval], plans: list, C: torch
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, options.lr_decay)
     for _ in range(max(1, options.iterations)):
         with torch.enable_grad():
-            cur, lbs = _one_pass(graph, best, plans, C, params)
+            cur, lbs = _one_pass(graph, best if options.search_on_best else bounds, plans, C, params)
         with torch.no_grad():
             for name, _, _ in plans:
                 best[name] = best[name].intersect(Interval(cur[name].lower.detach(), cur[name].upper.detach()))

@@ -29,11 +29,13 @@ def _case(seed: int):
     return graph, box, C, xs
 
 
+@pytest.mark.parametrize("search_on_best", [False, True])
 @pytest.mark.parametrize("seed", range(5))
-def test_float32_search_reports_float64_sound_bounds(seed: int) -> None:
+def test_float32_search_reports_float64_sound_bounds(seed: int, search_on_best: bool) -> None:
     graph, box, C, xs = _case(seed)
     crown = spec_lower_bounds(graph, box, C, "crown")
-    lower, inter = optimise_all(graph, box, C, AlphaOptions(iterations=15, lr=0.2, stop_above=None))
+    lower, inter = optimise_all(graph, box, C, AlphaOptions(iterations=15, lr=0.2, stop_above=None,
+                                                            search_on_best=search_on_best))
     assert lower.dtype == torch.float64 and all(iv.lower.dtype == torch.float64 for iv in inter.values())
     assert (lower >= crown - TOL).all()
     values = evaluate(graph, xs.reshape(-1, *graph.input.shape), keep=set(inter))
