@@ -413,7 +413,7 @@ def _one_pass(graph: Graph, base: dict[str, Interval], plans: list, C: torch.Ten
     lbs = {}
     for name, rows, C_p in plans:
         alphas = {act: p for (t, act), p in params.items() if t == name}
-        lb = neuron_rows_lower(graph, name, rows, cur, alphas)
+        lb = neuron_rows_lower(graph, name, rows, cur, alphas, batch=C_p.shape[0])
         if lb is None:
             lb = backward_lower(graph, name, C_p, cur, alphas)
         lbs[name] = lb

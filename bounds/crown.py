@@ -161,7 +161,7 @@ def crown_interval(graph: Graph, name: str, bounds: dict[str, Interval],
             alphas = slopes.for_neurons(idx)
             if alphas is not None:
                 alphas = {act: v.to(ref.dtype).expand(batch, *v.shape[1:]) for act, v in alphas.items()}
-        lb = None if cuts is not None else neuron_rows_lower(graph, name, idx, bounds, alphas)
+        lb = None if cuts is not None else neuron_rows_lower(graph, name, idx, bounds, alphas, batch)
         if lb is None:
             C = torch.zeros(batch, 2 * k, numel, dtype=ref.dtype, device=ref.device)
             C[:, :k].scatter_(2, idx.unsqueeze(2), 1.0)

@@ -25,9 +25,8 @@ from bounds.types import Interval
 
 
 def conv_chain(graph: Graph, target: str) -> list[Node] | None:
-    """The nodes from `target` back to the input (target first) when they form a chain of
-    2-D convolutions with constant weights and unary activations ending at a convolution;
-    else None."""
+    """The nodes from `target`, a 2-D convolution, back to the input (target first) when they
+    form a chain of such convolutions with constant weights and unary activations; else None."""
     node = graph[target]
     if node.op != "Conv" or len(node.shape) != 4:
         return None
@@ -73,21 +72,22 @@ def _inside(top: torch.Tensor, left: torch.Tensor, h: int, w: int, H: int, W: in
 
 
 def neuron_rows_lower(graph: Graph, target: str, idx: torch.Tensor, bounds: dict[str, Interval],
-                      alphas: dict[str, torch.Tensor] | None = None) -> torch.Tensor | None:
+                      alphas: dict[str, torch.Tensor] | None = None, batch: int = 1) -> torch.Tensor | None:
     """Lower bounds of +z_i and -z_i for the neurons idx of `target`, as backward_lower gives
     them for C = [e_idx; -e_idx]: (B, 2k), the first k the lower bounds of z_idx, the last k
     those of -z_idx. idx (k,) flat indices shared by the batch, or (B, k) per sub-problem.
-    `alphas` as in backward_lower, (B|1, 2k, *shape) per activation. None when the target is
-    not at the end of a convolution chain (conv_chain)."""
+    `alphas` as in backward_lower, (B|1, 2k|1, *shape) per activation; `batch`: the least B
+    of the result (the caller's batch where no tensor here has it). None when the target is
+    not at the end of a convolution chain (conv_chain) or an activation's input has no interval."""
     chain = conv_chain(graph, target)
-    if chain is None:
+    if chain is None or any(n.op != "Conv" and n.inputs[0] not in bounds for n in chain):
         return None
     box = bounds[graph.inputs[0]]
     device = box.lower.device
     dtype = box.lower.dtype
     batch_sizes = [box.lower.shape[0]] + [v.shape[0] for v in (alphas or {}).values()]
     batch_sizes += [bounds[n.inputs[0]].lower.shape[0] for n in chain if n.op != "Conv"]
-    B = max(batch_sizes + [idx.shape[0] if idx.dim() == 2 else 1])
+    B = max(batch_sizes + [idx.shape[0] if idx.dim() == 2 else 1, batch])
     idx = idx.to(device).reshape(-1, idx.shape[-1]).expand(B, -1)
     k = idx.shape[1]
     S = 2 * k
@@ -126,7 +126,8 @@ def neuron_rows_lower(graph: Graph, target: str, idx: torch.Tensor, bounds: dict
         alpha = None
         if alphas is not None and node.name in alphas:
             a = alphas[node.name]                       # (B|1, 2k, *per-neuron extra, *shape)
-            a_batch = (sample * S + row) if a.shape[0] > 1 else row
+            a_row = row if a.shape[1] == S else torch.zeros_like(row)
+            a_batch = sample * a.shape[1] + a_row if a.shape[0] > 1 else a_row
             extra = a.shape[2:a.dim() - len(node.shape)]
             alpha = _windows(a.flatten(0, 1), a_batch, top, left, h, w)
             alpha = alpha.reshape(N, 1, *extra, -1, h, w)

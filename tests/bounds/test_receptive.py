@@ -147,3 +147,22 @@ def test_only_convolution_chains() -> None:
     assert conv_chain(residual, z) is None
     bounds = intermediate_bounds(graph_to(residual, dtype=torch.float64), _box(residual, 0, 1), "crown")
     assert neuron_rows_lower(residual, z, torch.arange(3), bounds) is None
+
+
+def test_batch_and_row_broadcasting() -> None:
+    """A caller's batch larger than any tensor here, and slopes shared by every row (S = 1),
+    give what the dense pass gives."""
+    graph, target = conv_net(1, LAYOUTS[1], ["Relu", "LeakyRelu"])
+    box = _box(graph, 1, batch=1)
+    bounds = intermediate_bounds(graph, box, "crown")
+    idx = torch.tensor([0, 5, 9])
+    got = neuron_rows_lower(graph, target, idx, bounds, batch=3)
+    assert got.shape == (3, 6)
+    torch.testing.assert_close(got, _dense(graph, target, idx.expand(3, -1), bounds), rtol=1e-9, atol=1e-9)
+    gen = torch.Generator().manual_seed(2)
+    shared = {act: RULES[graph[act].op].project_alpha(graph[act], torch.rand(2, 1, *init.shape[2:], generator=gen,
+                                                                            dtype=torch.float64))
+              for act, init in init_alphas(graph, bounds, 1).items()}
+    got = neuron_rows_lower(graph, target, idx, bounds, shared)
+    assert got.shape == (2, 6)
+    torch.testing.assert_close(got, _dense(graph, target, idx.expand(2, -1), bounds, shared), rtol=1e-9, atol=1e-9)
