@@ -86,7 +86,15 @@ def _searches_low(C: torch.Tensor, options: AlphaOptions) -> bool:
 
 
 def _as(dtype: torch.dtype, bounds: dict[str, Interval]) -> dict[str, Interval]:
-    return {k: Interval(v.lower.to(dtype), v.upper.to(dtype)) for k, v in bounds.items()}
+    return {k: Interval(_cast(v.lower, dtype), _cast(v.upper, dtype)) for k, v in bounds.items()}
+
+
+def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in dtype; one entry expanded along the batch (the one box of many sub-problems)
+    stays an expanded view, not a copy per sub-problem."""
+    if t.dim() > 1 and t.shape[0] > 1 and t.stride(0) == 0:
+        return t[:1].to(dtype).expand_as(t)
+    return t.to(dtype)
 
 
 def exact_params(params: dict, fallback: dict, dtype: torch.dtype) -> dict:

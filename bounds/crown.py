@@ -27,6 +27,7 @@ def concretize_lower(A: torch.Tensor, x: Interval) -> torch.Tensor:
     its coefficient picks: a 0 coefficient contributes exactly 0 whatever the end, a nonzero
     one on an infinite end contributes -inf, so the bound is -inf (sound), never NaN.
     """
+    x = Interval(_one_if_repeated(x.lower), _one_if_repeated(x.upper))
     if bool(torch.isfinite(x.lower).all() and torch.isfinite(x.upper).all()):
         return row_dot(A, x.center) - row_dot(A.abs(), x.radius)
     lower, upper = x.lower.unsqueeze(1), x.upper.unsqueeze(1)
@@ -38,6 +39,12 @@ def concretize_lower(A: torch.Tensor, x: Interval) -> torch.Tensor:
     finite = flat_sum(torch.where(A < 0, A * up, A * lo))
     unbounded = ((A > 0) & low_inf) | ((A < 0) & up_inf)
     return torch.where(unbounded.flatten(2).any(-1), torch.full_like(finite, -math.inf), finite)
+
+
+def _one_if_repeated(t: torch.Tensor) -> torch.Tensor:
+    """A box expanded along the batch (one box for many sub-problems) as its single entry:
+    its checks, centre and radius then cost one box, not one per sub-problem."""
+    return t[:1] if t.dim() > 1 and t.shape[0] > 1 and t.stride(0) == 0 else t
 
 
 def _grad_mode(grad: bool) -> contextlib.AbstractContextManager:

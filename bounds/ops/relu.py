@@ -14,18 +14,19 @@ def leaky_relu_relaxation(x: Interval, slope: float, lower_slope: torch.Tensor |
     CROWN choice 1 if u > -l else slope, which minimises the area between the bounds.
     """
     l, u = x.lower, x.upper
-    active, inactive = l >= 0, u <= 0
-    unstable = ~(active | inactive)
-    width = torch.where(unstable, u - l, torch.ones_like(u))
-    chord = torch.where(unstable, (u - slope * l) / width, torch.zeros_like(u))
-    chord_b = torch.where(unstable, slope * l - chord * l, torch.zeros_like(u))
+    active = l >= 0
+    # NaN ends count as unstable, so that they reach the bound instead of vanishing
+    unstable = ~(active | (u <= 0))
+    # stable neurons are linear: slope 1 where active, `slope` where inactive (l = u = 0 counts
+    # as active); arithmetic on the masks and few selections (this runs on every sub-problem)
+    stable = active.to(u.dtype) * (1.0 - slope) + slope
+    width = torch.where(unstable, u - l, 1.0)
+    chord = torch.where(unstable, (u - slope * l) / width, stable)
+    chord_b = torch.where(unstable, (slope - chord) * l, 0.0)
     if lower_slope is None:
-        lower_slope = torch.where(u > -l, torch.ones_like(u), torch.full_like(u, slope))
-    one, s = torch.ones_like(u), torch.full_like(u, slope)
-    lw = torch.where(active, one, torch.where(inactive, s, lower_slope))
-    uw = torch.where(active, one, torch.where(inactive, s, chord))
-    zero = torch.zeros_like(u)
-    return Relaxation(lw, zero, uw, chord_b)
+        lower_slope = (u > -l).to(u.dtype) * (1.0 - slope) + slope
+    lw = torch.where(unstable, lower_slope, stable)
+    return Relaxation(lw, torch.zeros_like(u), chord, chord_b)
 
 
 class Relu(ActivationRule):
