@@ -27,7 +27,13 @@ def concretize_lower(A: torch.Tensor, x: Interval) -> torch.Tensor:
     its coefficient picks: a 0 coefficient contributes exactly 0 whatever the end, a nonzero
     one on an infinite end contributes -inf, so the bound is -inf (sound), never NaN.
     """
+    batch = max(A.shape[0], x.lower.shape[0], x.upper.shape[0])
     x = Interval(_one_if_repeated(x.lower), _one_if_repeated(x.upper))
+    bound = _concretize(A, x)
+    return bound.expand(batch, -1).contiguous() if bound.shape[0] < batch else bound
+
+
+def _concretize(A: torch.Tensor, x: Interval) -> torch.Tensor:
     if bool(torch.isfinite(x.lower).all() and torch.isfinite(x.upper).all()):
         return row_dot(A, x.center) - row_dot(A.abs(), x.radius)
     lower, upper = x.lower.unsqueeze(1), x.upper.unsqueeze(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 import torch
 
 from bounds.crown import concretize_lower, spec_lower_bounds
@@ -88,3 +89,18 @@ def test_record_only_keeps_the_named_nodes():
     record["x"] = torch.ones(1)
     record["h"] = torch.zeros(1)
     assert list(record) == ["x"]
+
+
+@pytest.mark.parametrize("a_batch", [1, 3])
+def test_a_box_expanded_along_the_batch_gives_each_row_its_bound(a_batch: int) -> None:
+    """One box expanded for many sub-problems is concretised once, and every sub-problem still
+    gets its row of the result, as with a materialised copy."""
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(a_batch, 4, 2, 5, generator=gen, dtype=torch.float64)
+    lo = torch.randn(1, 2, 5, generator=gen, dtype=torch.float64)
+    box = Interval(lo, lo + torch.rand(1, 2, 5, generator=gen, dtype=torch.float64))
+    expanded = Interval(box.lower.expand(3, -1, -1), box.upper.expand(3, -1, -1))
+    copied = Interval(expanded.lower.clone(), expanded.upper.clone())
+    got = concretize_lower(A, expanded)
+    assert got.shape == (3, 4)
+    torch.testing.assert_close(got, concretize_lower(A, copied))
