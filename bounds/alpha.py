@@ -22,7 +22,7 @@ from bounds.graph.ir import Graph, graph_to
 from bounds.ops import RULES
 from bounds.ops.base import ActivationRule
 from bounds.receptive import neuron_rows_lower
-from bounds.types import Interval
+from bounds.types import Interval, single_if_repeated
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,8 @@ def _as(dtype: torch.dtype, bounds: dict[str, Interval]) -> dict[str, Interval]:
 def _cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """t in dtype; one entry expanded along the batch (the one box of many sub-problems)
     stays an expanded view, not a copy per sub-problem."""
-    if t.dim() > 1 and t.shape[0] > 1 and t.stride(0) == 0:
-        return t[:1].to(dtype).expand_as(t)
-    return t.to(dtype)
+    single = single_if_repeated(t)
+    return single.to(dtype).expand_as(t) if single is not t else t.to(dtype)
 
 
 def exact_params(params: dict, fallback: dict, dtype: torch.dtype) -> dict:

@@ -13,7 +13,7 @@ from bounds.graph.ir import INPUT, Graph, Node
 from bounds.ibp import propagate
 from bounds.ops import RULES
 from bounds.ops.base import ActivationRule, flat_sum, row_dot
-from bounds.types import Interval
+from bounds.types import Interval, single_if_repeated
 
 #: elements of the largest linear-coefficient tensor one backward pass may hold
 _MAX_COEFFICIENTS = 1 << 25
@@ -28,7 +28,8 @@ def concretize_lower(A: torch.Tensor, x: Interval) -> torch.Tensor:
     one on an infinite end contributes -inf, so the bound is -inf (sound), never NaN.
     """
     batch = max(A.shape[0], x.lower.shape[0], x.upper.shape[0])
-    x = Interval(_one_if_repeated(x.lower), _one_if_repeated(x.upper))
+    # one box for many sub-problems: its checks, centre and radius cost one box
+    x = Interval(single_if_repeated(x.lower), single_if_repeated(x.upper))
     bound = _concretize(A, x)
     return bound.expand(batch, -1).contiguous() if bound.shape[0] < batch else bound
 
@@ -45,12 +46,6 @@ def _concretize(A: torch.Tensor, x: Interval) -> torch.Tensor:
     finite = flat_sum(torch.where(A < 0, A * up, A * lo))
     unbounded = ((A > 0) & low_inf) | ((A < 0) & up_inf)
     return torch.where(unbounded.flatten(2).any(-1), torch.full_like(finite, -math.inf), finite)
-
-
-def _one_if_repeated(t: torch.Tensor) -> torch.Tensor:
-    """A box expanded along the batch (one box for many sub-problems) as its single entry:
-    its checks, centre and radius then cost one box, not one per sub-problem."""
-    return t[:1] if t.dim() > 1 and t.shape[0] > 1 and t.stride(0) == 0 else t
 
 
 def _grad_mode(grad: bool) -> contextlib.AbstractContextManager:

@@ -10,6 +10,12 @@ from dataclasses import dataclass
 import torch
 
 
+def single_if_repeated(t: torch.Tensor) -> torch.Tensor:
+    """A batched tensor that is one entry expanded along the batch (one box for many
+    sub-problems) as that entry alone, so that work on it costs one entry; else t itself."""
+    return t[:1] if t.dim() > 1 and t.shape[0] > 1 and t.stride(0) == 0 else t
+
+
 @dataclass(frozen=True)
 class Interval:
     """Elementwise bounds lower <= v <= upper; both (B, *shape)."""
