@@ -17,6 +17,9 @@ from bounds.types import Interval, single_if_repeated
 
 #: elements of the largest linear-coefficient tensor one backward pass may hold
 _MAX_COEFFICIENTS = 1 << 25
+#: crown_interval packs (sub-problem, neuron) pairs instead of padding every sub-problem to
+#: the busiest one's count once the pairs fill less than this share of the padded rows
+_PACK_BELOW = 0.5
 
 
 def concretize_lower(A: torch.Tensor, x: Interval) -> torch.Tensor:
@@ -148,7 +151,7 @@ def crown_interval(graph: Graph, name: str, bounds: dict[str, Interval],
     slopes for these neurons' bounds, used instead of CROWN's default where they cover them.
     Neurons of a convolution chain are bounded over their receptive fields (bounds.receptive).
     """
-    from bounds.receptive import neuron_rows_lower   # it builds on this module
+    from bounds.receptive import conv_chain, neuron_rows_lower   # they build on this module
 
     ref = bounds[graph.inputs[0]].lower
     batch = max(mask.shape[0], max(b.lower.shape[0] for b in bounds.values()))
@@ -156,6 +159,9 @@ def crown_interval(graph: Graph, name: str, bounds: dict[str, Interval],
     shape = graph[name].shape
     numel = mask.shape[1]
     k_total = int(mask.sum(1).max())
+    if (slopes is None and cuts is None and batch > 1 and conv_chain(graph, name) is None
+            and int(mask.sum()) <= _PACK_BELOW * batch * k_total):
+        return _packed_rows(graph, name, bounds, mask, batch)
     order = torch.argsort(mask.to(torch.int8), dim=1, descending=True, stable=True)[:, :k_total]
     widest = max(math.prod(graph[n].shape) for n in graph.ancestors(name))
     chunk = max(1, _MAX_COEFFICIENTS // max(1, 2 * batch * widest))
@@ -177,6 +183,36 @@ def crown_interval(graph: Graph, name: str, bounds: dict[str, Interval],
             lb = backward_lower(graph, name, C.reshape(batch, 2 * k, *shape), bounds, alphas, cuts=cuts)
         low.scatter_(1, idx, lb[:, :k])
         up.scatter_(1, idx, -lb[:, k:])
+    return low, up
+
+
+def _packed_rows(graph: Graph, name: str, bounds: dict[str, Interval], mask: torch.Tensor,
+                 batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """crown_interval's result with one sub-problem per selected neuron: every (sub-problem,
+    neuron) pair becomes its own batch entry, carrying its sub-problem's intervals, so the
+    pass costs what the neurons asked for rather than the busiest sub-problem's count times
+    the batch (input splitting deep in the tree: most sub-problems have a few unstable
+    neurons, a few have many)."""
+    ref = bounds[graph.inputs[0]].lower
+    shape = graph[name].shape
+    numel = mask.shape[1]
+    owner, neuron = mask.nonzero(as_tuple=True)
+    low = torch.full((batch, numel), -torch.inf, dtype=ref.dtype, device=ref.device)
+    up = torch.full((batch, numel), torch.inf, dtype=ref.dtype, device=ref.device)
+    per_row = sum(math.prod(graph[n].shape) for n in graph.ancestors(name)) + numel
+    chunk = max(1, _MAX_COEFFICIENTS // (2 * per_row))
+    for start in range(0, len(owner), chunk):
+        rows, cols = owner[start:start + chunk], neuron[start:start + chunk]
+        r = len(rows)
+        picked = {k: v if v.lower.shape[0] != batch else Interval(v.lower.index_select(0, rows), v.upper.index_select(0, rows))
+                  for k, v in bounds.items()}
+        C = torch.zeros(r, 2, numel, dtype=ref.dtype, device=ref.device)
+        at = torch.arange(r, device=ref.device)
+        C[at, 0, cols] = 1.0
+        C[at, 1, cols] = -1.0
+        lb = backward_lower(graph, name, C.reshape(r, 2, *shape), picked)
+        low[rows, cols] = lb[:, 0]
+        up[rows, cols] = -lb[:, 1]
     return low, up
 
 
