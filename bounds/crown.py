@@ -12,8 +12,8 @@ import torch
 from bounds.graph.ir import INPUT, Graph, Node
 from bounds.ibp import propagate
 from bounds.ops import RULES
-from bounds.ops.base import ActivationRule, flat_sum, row_dot
-from bounds.types import Interval, single_if_repeated
+from bounds.ops.base import ActivationRule, flat_sum, relaxation_backward, row_dot
+from bounds.types import Interval, Relaxation, single_if_repeated
 
 #: elements of the largest linear-coefficient tensor one backward pass may hold
 _MAX_COEFFICIENTS = 1 << 25
@@ -78,7 +78,8 @@ class RecordOnly(dict):
 def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str, Interval],
                    alphas: dict[str, torch.Tensor] | None = None,
                    record: dict[str, torch.Tensor] | None = None,
-                   extra: dict[str, torch.Tensor] | None = None, cuts=None) -> torch.Tensor:
+                   extra: dict[str, torch.Tensor] | None = None, cuts=None,
+                   relaxations: dict[str, Relaxation] | None = None) -> torch.Tensor:
     """Lower bound of C·value(target), C (B, S, *target_shape), over the input box (cut by
     `cuts`, a bounds.cuts.InputCuts, when given).
 
@@ -91,6 +92,8 @@ def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
 
     Nodes whose rule has no linear relaxation are cut: the coefficients reaching them are
     concretised with their interval, which is sound whatever lies behind them.
+    `relaxations` maps activation nodes to relaxations computed already (their rule's own
+    default one, on the same intervals): the pass uses them instead of deriving them again.
     """
     pending: dict[str, torch.Tensor] = {target: C}
     bias = C.new_zeros(C.shape[:2])
@@ -109,6 +112,12 @@ def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
                 bias = bias + concretize_with_cuts(A, bounds[node.name], cuts)
             else:
                 bias = bias + concretize_lower(A, bounds[node.name])
+            continue
+        if relaxations is not None and node.name in relaxations:
+            new_A, b = relaxation_backward(A, relaxations[node.name])
+            bias = bias + b
+            source = node.inputs[0]
+            pending[source] = pending[source] + new_A if source in pending else new_A
             continue
         xs = [_interval_of(graph, n, bounds) for n in node.inputs]
         is_const = [graph[n].is_constant for n in node.inputs]
@@ -186,6 +195,29 @@ def crown_interval(graph: Graph, name: str, bounds: dict[str, Interval],
     return low, up
 
 
+class _RowsOf(dict):
+    """The intervals of `bounds` at the given sub-problems, each gathered when first read
+    (a pass given precomputed relaxations reads few of them)."""
+
+    def __init__(self, bounds: dict[str, Interval], rows: torch.Tensor, batch: int) -> None:
+        super().__init__()
+        self._bounds, self._rows, self._batch = bounds, rows, batch
+
+    def __contains__(self, key) -> bool:
+        return key in self._bounds
+
+    def __getitem__(self, key: str) -> Interval:
+        if not dict.__contains__(self, key):
+            v = self._bounds[key]
+            if v.lower.shape[0] == self._batch:
+                v = Interval(v.lower.index_select(0, self._rows), v.upper.index_select(0, self._rows))
+            dict.__setitem__(self, key, v)
+        return dict.__getitem__(self, key)
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+
 def _packed_rows(graph: Graph, name: str, bounds: dict[str, Interval], mask: torch.Tensor,
                  batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """crown_interval's result with one sub-problem per selected neuron: every (sub-problem,
@@ -199,18 +231,30 @@ def _packed_rows(graph: Graph, name: str, bounds: dict[str, Interval], mask: tor
     owner, neuron = mask.nonzero(as_tuple=True)
     low = torch.full((batch, numel), -torch.inf, dtype=ref.dtype, device=ref.device)
     up = torch.full((batch, numel), torch.inf, dtype=ref.dtype, device=ref.device)
-    per_row = sum(math.prod(graph[n].shape) for n in graph.ancestors(name)) + numel
+    ancestors = graph.ancestors(name)
+    per_row = sum(math.prod(graph[n].shape) for n in ancestors) + numel
     chunk = max(1, _MAX_COEFFICIENTS // (2 * per_row))
+    # each sub-problem's activation relaxations, derived once here rather than once per row
+    # of it in the pass (rules with their own backward step keep it)
+    relaxations = {}
+    for n in ancestors:
+        node = graph[n]
+        rule = RULES.get(node.op)
+        if (isinstance(rule, ActivationRule) and type(rule).backward is ActivationRule.backward
+                and n != name and node.inputs[0] in bounds):
+            relaxations[n] = rule.relax(node, bounds[node.inputs[0]])
     for start in range(0, len(owner), chunk):
         rows, cols = owner[start:start + chunk], neuron[start:start + chunk]
         r = len(rows)
-        picked = {k: v if v.lower.shape[0] != batch else Interval(v.lower.index_select(0, rows), v.upper.index_select(0, rows))
-                  for k, v in bounds.items()}
+        picked = _RowsOf(bounds, rows, batch)
+        relax_rows = {n: Relaxation(*(t if t.shape[0] != batch else t.index_select(0, rows)
+                                      for t in (v.lw, v.lb, v.uw, v.ub)))
+                      for n, v in relaxations.items()}
         C = torch.zeros(r, 2, numel, dtype=ref.dtype, device=ref.device)
         at = torch.arange(r, device=ref.device)
         C[at, 0, cols] = 1.0
         C[at, 1, cols] = -1.0
-        lb = backward_lower(graph, name, C.reshape(r, 2, *shape), picked)
+        lb = backward_lower(graph, name, C.reshape(r, 2, *shape), picked, relaxations=relax_rows)
         low[rows, cols] = lb[:, 0]
         up[rows, cols] = -lb[:, 1]
     return low, up

@@ -11,7 +11,7 @@ from bounds.crown import crown_interval, intermediate_bounds, pre_activation_nod
 from bounds.graph.interpret import evaluate
 from bounds.graph.ir import graph_to
 from bounds.types import Interval
-from tests.bounds.random_graphs import random_mlp
+from tests.bounds.random_graphs import ACTS, random_mlp
 
 
 def _boxes(seed: int, shape, batch: int) -> Interval:
@@ -24,8 +24,9 @@ def _boxes(seed: int, shape, batch: int) -> Interval:
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_packed_rows_match_padded_rows_and_hold_samples(seed, monkeypatch):
-    graph = graph_to(random_mlp(seed, width=12, depth=4, acts=["Relu"]), dtype=torch.float64)
+@pytest.mark.parametrize("acts", [["Relu"], ACTS])
+def test_packed_rows_match_padded_rows_and_hold_samples(seed, acts, monkeypatch):
+    graph = graph_to(random_mlp(seed, width=12, depth=4, acts=acts), dtype=torch.float64)
     box = _boxes(seed, tuple(graph.input.shape), batch=16)
     known = intermediate_bounds(graph, box, "ibp")
     relaxed = sorted(pre_activation_nodes(graph), key=[n.name for n in graph.nodes].index)
