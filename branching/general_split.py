@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from bounds.alpha import _ascend, exact_params, init_alphas, search_graph
+from bounds.alpha import _ascend, adam, exact_params, init_alphas, search_graph
 from bounds.crown import backward_lower, intermediate_bounds, pre_activation_nodes
 from bounds.graph.interpret import run
 from bounds.graph.ir import Graph, Node
@@ -184,7 +184,7 @@ def _optimise(graph: Graph, problem: SpecTensors, case: torch.Tensor, C: torch.T
             return _lower(graph, C, bounds, found, split), found
     ps = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     best, best_ps = None, {k: v.detach().clone() for k, v in ps.items()}
-    opt = torch.optim.Adam(ps.values(), lr=lr) if ps else None
+    opt = adam(ps.values(), lr) if ps else None
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, 0.98) if opt is not None else None
     for step in range(max(1, iterations)):
         with torch.enable_grad():
