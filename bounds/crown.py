@@ -247,7 +247,7 @@ def _packed_rows(graph: Graph, name: str, bounds: dict[str, Interval], mask: tor
         rows, cols = owner[start:start + chunk], neuron[start:start + chunk]
         r = len(rows)
         picked = _RowsOf(bounds, rows, batch)
-        relax_rows = {n: Relaxation(*(t if t.shape[0] != batch else t.index_select(0, rows)
+        relax_rows = {n: Relaxation(*(t.index_select(0, rows) if t.dim() > 0 and t.shape[0] == batch else t
                                       for t in (v.lw, v.lb, v.uw, v.ub)))
                       for n, v in relaxations.items()}
         C = torch.zeros(r, 2, numel, dtype=ref.dtype, device=ref.device)
