@@ -40,9 +40,8 @@ def test_packed_rows_match_padded_rows_and_hold_samples(seed, acts, monkeypatch)
     low_pad, up_pad = crown_interval(graph, target, known, mask)
     # the padded pass also bounds neurons nobody asked for; the packed one leaves them open
     assert bool(torch.isinf(low[~mask]).all()) and bool(torch.isinf(up[~mask]).all())
-    sel = mask
-    torch.testing.assert_close(low[sel], low_pad[sel], rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(up[sel], up_pad[sel], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(low[mask], low_pad[mask], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(up[mask], up_pad[mask], rtol=1e-9, atol=1e-9)
     gen = torch.Generator().manual_seed(seed + 1)
     points = box.lower + (box.upper - box.lower) * torch.rand(64, *box.lower.shape, generator=gen, dtype=torch.float64)
     values = evaluate(graph, points.reshape(-1, *box.lower.shape[1:]), keep={target})[target].reshape(64, box.lower.shape[0], -1)
