@@ -221,10 +221,10 @@ class _RowsOf(dict):
 def _packed_rows(graph: Graph, name: str, bounds: dict[str, Interval], mask: torch.Tensor,
                  batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """crown_interval's result with one sub-problem per selected neuron: every (sub-problem,
-    neuron) pair becomes its own batch entry, carrying its sub-problem's intervals, so the
-    pass costs what the neurons asked for rather than the busiest sub-problem's count times
-    the batch (input splitting deep in the tree: most sub-problems have a few unstable
-    neurons, a few have many)."""
+    neuron) pair becomes its own batch entry, carrying its sub-problem's activation
+    relaxations (and any interval the pass reads), so the pass costs what the neurons asked
+    for rather than the busiest sub-problem's count times the batch (input splitting deep in
+    the tree: most sub-problems have a few unstable neurons, a few have many)."""
     ref = bounds[graph.inputs[0]].lower
     shape = graph[name].shape
     numel = mask.shape[1]
