@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bounds.crown import _refine_mask, backward_lower, concretize_lower, intermediate_bounds, pre_activation_nodes
+from bounds.crown import (_refine_mask, backward_lower, concretize_lower, intermediate_bounds, pre_activation_nodes,
+                          prepare_relaxations)
 from bounds.graph.ir import Graph, graph_to
 from bounds.ops import RULES
 from bounds.ops.base import ActivationRule
@@ -141,15 +142,16 @@ def _beta_terms(betas: dict[str, torch.Tensor], splits: dict[str, torch.Tensor])
 
 def bound_with(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str, Interval],
                params: dict[str, torch.Tensor], splits: dict[str, torch.Tensor] | None = None,
-               record: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """The CROWN lower bound for given alphas and betas (as returned by optimise_lower)."""
+               record: dict[str, torch.Tensor] | None = None, prepared: dict | None = None) -> torch.Tensor:
+    """The CROWN lower bound for given alphas and betas (as returned by optimise_lower);
+    `prepared`: see crown.backward_lower."""
     acts = {k: v for k, v in params.items() if not k.startswith("beta:")}
     betas = {k[5:]: v for k, v in params.items() if k.startswith("beta:")}
     extra = None
     if betas:
         extra = {k: t.reshape(t.shape[0], t.shape[1], *graph[k].shape)
                  for k, t in _beta_terms(betas, splits or {}).items()}
-    return backward_lower(graph, target, C, bounds, acts, record=record, extra=extra)
+    return backward_lower(graph, target, C, bounds, acts, record=record, extra=extra, prepared=prepared)
 
 
 def optimise_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str, Interval],
@@ -183,8 +185,11 @@ def optimise_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
         with torch.no_grad():
             return backward_lower(graph, target, C, bounds), alphas
 
+    # the relaxations' parts that the parameters do not change, derived once for all steps
+    prepared = prepare_relaxations(graph, bounds, [k for k in alphas if not k.startswith("beta:")])
+
     def evaluate(ps: dict[str, torch.Tensor]) -> torch.Tensor:
-        return bound_with(graph, target, C, bounds, ps, splits)
+        return bound_with(graph, target, C, bounds, ps, splits, prepared=prepared)
 
     params = {k: v.detach().clone().requires_grad_(True) for k, v in alphas.items()}
     opt = adam(params.values(), options.lr)
@@ -213,7 +218,7 @@ def optimise_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
                     v.copy_(RULES[graph[name].op].project_alpha(graph[name], v))
     if record is not None:
         with torch.no_grad():
-            bound_with(graph, target, C, bounds, best_params, splits, record=record)
+            bound_with(graph, target, C, bounds, best_params, splits, record=record, prepared=prepared)
     return best, best_params
 
 

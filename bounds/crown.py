@@ -79,7 +79,8 @@ def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
                    alphas: dict[str, torch.Tensor] | None = None,
                    record: dict[str, torch.Tensor] | None = None,
                    extra: dict[str, torch.Tensor] | None = None, cuts=None,
-                   relaxations: dict[str, Relaxation] | None = None) -> torch.Tensor:
+                   relaxations: dict[str, Relaxation] | None = None,
+                   prepared: dict | None = None) -> torch.Tensor:
     """Lower bound of C·value(target), C (B, S, *target_shape), over the input box (cut by
     `cuts`, a bounds.cuts.InputCuts, when given).
 
@@ -94,6 +95,8 @@ def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
     concretised with their interval, which is sound whatever lies behind them.
     `relaxations` maps activation nodes to relaxations computed already (their rule's own
     default one, on the same intervals): the pass uses them instead of deriving them again.
+    `prepared` maps activation nodes with `alphas` to their rule's `prepare` on the same
+    intervals (alpha -> relaxation), which the pass then uses.
     """
     pending: dict[str, torch.Tensor] = {target: C}
     bias = C.new_zeros(C.shape[:2])
@@ -115,6 +118,12 @@ def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
             continue
         if relaxations is not None and node.name in relaxations:
             new_A, b = relaxation_backward(A, relaxations[node.name])
+            bias = bias + b
+            source = node.inputs[0]
+            pending[source] = pending[source] + new_A if source in pending else new_A
+            continue
+        if prepared is not None and node.name in prepared and alphas is not None and node.name in alphas:
+            new_A, b = relaxation_backward(A, prepared[node.name](alphas[node.name]))
             bias = bias + b
             source = node.inputs[0]
             pending[source] = pending[source] + new_A if source in pending else new_A
@@ -258,6 +267,21 @@ def _packed_rows(graph: Graph, name: str, bounds: dict[str, Interval], mask: tor
         low[rows, cols] = lb[:, 0]
         up[rows, cols] = -lb[:, 1]
     return low, up
+
+
+def prepare_relaxations(graph: Graph, bounds: dict[str, Interval], names) -> dict:
+    """backward_lower's `prepared` for the named activation nodes whose rule offers it (and
+    keeps the shared backward step), on the intervals of `bounds`."""
+    out = {}
+    for name in names:
+        node = graph[name]
+        rule = RULES.get(node.op)
+        if (isinstance(rule, ActivationRule) and type(rule).backward is ActivationRule.backward
+                and node.inputs[0] in bounds):
+            fn = rule.prepare(node, bounds[node.inputs[0]])
+            if fn is not None:
+                out[name] = fn
+    return out
 
 
 def pre_activation_nodes(graph: Graph) -> set[str]:

@@ -223,6 +223,12 @@ class ActivationRule(MonotoneRule):
         """Map parameters back into the set on which `relax` stays sound."""
         return alpha
 
+    def prepare(self, node: Node, x: Interval):
+        """`relax(node, x, alpha)` as a function of alpha alone, with what does not depend on
+        alpha derived once here (a slope search calls it every step on the same intervals);
+        None where the rule has nothing to gain from it (then `relax` is called each time)."""
+        return None
+
     def exact_on(self, x: Interval) -> torch.Tensor:
         """Where the relaxation is exact already, so tighter input bounds cannot help."""
         return x.lower == x.upper

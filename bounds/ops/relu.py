@@ -1,6 +1,8 @@
 """ReLU and LeakyReLU: the piecewise-linear activations of classic verification benchmarks."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from bounds.ops.base import ActivationRule
@@ -13,6 +15,16 @@ def leaky_relu_relaxation(x: Interval, slope: float, lower_slope: torch.Tensor |
     `lower_slope` (alpha, in [slope, 1]) is the optimisable lower line; by default the
     CROWN choice 1 if u > -l else slope, which minimises the area between the bounds.
     """
+    unstable, stable, chord, chord_b = _leaky_relu_parts(x, slope)
+    if lower_slope is None:
+        lower_slope = (x.upper > -x.lower).to(x.upper.dtype) * (1.0 - slope) + slope
+    lw = torch.where(unstable, lower_slope, stable)
+    return Relaxation(lw, torch.zeros_like(x.upper), chord, chord_b)
+
+
+def _leaky_relu_parts(x: Interval, slope: float):
+    """What leaky_relu_relaxation needs besides the lower slope: the unstable mask, the
+    stable neurons' slope, the chord's slope and intercept."""
     l, u = x.lower, x.upper
     active = l >= 0
     # NaN ends count as unstable, so that they reach the bound instead of vanishing
@@ -23,10 +35,16 @@ def leaky_relu_relaxation(x: Interval, slope: float, lower_slope: torch.Tensor |
     width = torch.where(unstable, u - l, 1.0)
     chord = torch.where(unstable, (u - slope * l) / width, stable)
     chord_b = torch.where(unstable, (slope - chord) * l, 0.0)
-    if lower_slope is None:
-        lower_slope = (u > -l).to(u.dtype) * (1.0 - slope) + slope
-    lw = torch.where(unstable, lower_slope, stable)
-    return Relaxation(lw, torch.zeros_like(u), chord, chord_b)
+    return unstable, stable, chord, chord_b
+
+
+def leaky_relu_prepared(x: Interval, slope: float) -> Callable[[torch.Tensor], Relaxation]:
+    """leaky_relu_relaxation's per-row form (alpha (B, S, *shape)) as a function of alpha
+    alone, the rest derived once: a slope search evaluates it every step on fixed intervals."""
+    x = Interval(x.lower.unsqueeze(1), x.upper.unsqueeze(1))
+    unstable, stable, chord, chord_b = _leaky_relu_parts(x, slope)
+    zero = torch.zeros_like(x.upper)
+    return lambda alpha: Relaxation(torch.where(unstable, alpha, stable), zero, chord, chord_b)
 
 
 class Relu(ActivationRule):
@@ -43,6 +61,9 @@ class Relu(ActivationRule):
 
     def init_alpha(self, node, x):
         return (x.upper > -x.lower).to(x.lower.dtype)
+
+    def prepare(self, node, x):
+        return leaky_relu_prepared(x, 0.0)
 
     def project_alpha(self, node, alpha):
         return alpha.clamp(0.0, 1.0)
@@ -83,6 +104,10 @@ class LeakyRelu(ActivationRule):
     def slope_bounds(self, node):
         slope = self._slope(node)
         return (min(slope, 1.0), max(slope, 1.0))
+
+    def prepare(self, node, x):
+        slope = self._slope(node)
+        return leaky_relu_prepared(x, slope) if slope <= 1.0 else None
 
     def relax(self, node, x, alpha=None):
         slope = self._slope(node)
