@@ -23,7 +23,7 @@ from bounds.graph.ir import Graph, graph_to
 from bounds.ops import RULES
 from bounds.ops.base import ActivationRule
 from bounds.receptive import neuron_rows_lower
-from bounds.types import Interval, single_if_repeated
+from bounds.types import CentredBox, Interval, single_if_repeated
 
 
 @dataclass(frozen=True)
@@ -185,8 +185,11 @@ def optimise_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
         with torch.no_grad():
             return backward_lower(graph, target, C, bounds), alphas
 
-    # the relaxations' parts that the parameters do not change, derived once for all steps
+    # the relaxations' parts that the parameters do not change, and the input box's centre
+    # and radius, derived once for all steps
     prepared = prepare_relaxations(graph, bounds, [k for k in alphas if not k.startswith("beta:")])
+    if graph.inputs[0] in bounds:
+        bounds = {**bounds, graph.inputs[0]: CentredBox.of(bounds[graph.inputs[0]])}
 
     def evaluate(ps: dict[str, torch.Tensor]) -> torch.Tensor:
         return bound_with(graph, target, C, bounds, ps, splits, prepared=prepared)

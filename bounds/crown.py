@@ -13,7 +13,7 @@ from bounds.graph.ir import INPUT, Graph, Node
 from bounds.ibp import propagate
 from bounds.ops import RULES
 from bounds.ops.base import ActivationRule, flat_sum, relaxation_backward, row_dot
-from bounds.types import Interval, Relaxation, single_if_repeated
+from bounds.types import CentredBox, Interval, Relaxation, single_if_repeated
 
 #: elements of the largest linear-coefficient tensor one backward pass may hold
 _MAX_COEFFICIENTS = 1 << 25
@@ -31,6 +31,9 @@ def concretize_lower(A: torch.Tensor, x: Interval) -> torch.Tensor:
     one on an infinite end contributes -inf, so the bound is -inf (sound), never NaN.
     """
     batch = max(A.shape[0], x.lower.shape[0], x.upper.shape[0])
+    if isinstance(x, CentredBox):
+        bound = row_dot(A, x.mid) - row_dot(A.abs(), x.half)
+        return bound.expand(batch, -1).contiguous() if bound.shape[0] < batch else bound
     # one box for many sub-problems: its checks, centre and radius cost one box
     x = Interval(single_if_repeated(x.lower), single_if_repeated(x.upper))
     bound = _concretize(A, x)

@@ -104,3 +104,27 @@ def test_a_box_expanded_along_the_batch_gives_each_row_its_bound(a_batch: int) -
     got = concretize_lower(A, expanded)
     assert got.shape == (3, 4)
     torch.testing.assert_close(got, concretize_lower(A, copied))
+
+
+def test_centred_box_concretises_like_its_interval():
+    from bounds.types import CentredBox
+
+    gen = torch.Generator().manual_seed(5)
+    lower = torch.randn(4, 3, 2, generator=gen, dtype=torch.float64)
+    box = Interval(lower, lower + torch.rand(4, 3, 2, generator=gen, dtype=torch.float64))
+    A = torch.randn(4, 5, 3, 2, generator=gen, dtype=torch.float64)
+    centred = CentredBox.of(box)
+    assert isinstance(centred, CentredBox)
+    torch.testing.assert_close(concretize_lower(A, centred), concretize_lower(A, box), rtol=0, atol=1e-12)
+    # one box repeated along the batch keeps one centre and radius
+    one = Interval(lower[:1].expand(4, 3, 2), (lower[:1] + 1).expand(4, 3, 2))
+    repeated = CentredBox.of(one)
+    assert repeated.mid.shape[0] == 1
+    torch.testing.assert_close(concretize_lower(A, repeated), concretize_lower(A, one), rtol=0, atol=1e-12)
+
+
+def test_box_with_infinite_ends_is_not_centred():
+    from bounds.types import CentredBox
+
+    box = Interval(torch.tensor([[-math.inf, 0.0]]), torch.tensor([[1.0, 2.0]]))
+    assert not isinstance(CentredBox.of(box), CentredBox)
