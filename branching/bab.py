@@ -146,12 +146,15 @@ class BaBOutcome:
 
 
 def stop_reason(outcome: BaBOutcome, deadline, waiting: DomainQueue, options: BaBOptions,
-                last_round: float = 0.0) -> bool:
+                last_round: float = 0.0, pushing: int = 0) -> bool:
     """Set the outcome's status and return True when the search has to stop unfinished.
 
-    A round that would not finish before the deadline (judged by the last one) is not begun,
-    so the time limit is kept to within one round's jitter rather than one round.
+    A round that would not finish before the deadline (judged by the last one, plus the time
+    to grow the queue's storage if pushing `pushing` more sub-problems needs that) is not
+    begun, so the time limit is kept to within one round's jitter rather than one round.
     """
+    # a round that would grow the queue's storage also waits for that memory
+    last_round = last_round + waiting.growth_seconds(pushing)
     if deadline.expired() or (hasattr(deadline, "remaining") and last_round > deadline.remaining()):
         outcome.status = "timeout"
         return True
@@ -254,7 +257,7 @@ def input_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaBOp
     last_round = 0.0
     batch_size = memory_batch_size(graph, problem.C.shape[1], problem.C.dtype, device, options.batch_size)
     while len(domains):
-        if stop_reason(outcome, deadline, domains, options, last_round):
+        if stop_reason(outcome, deadline, domains, options, last_round, 2 * min(batch_size, len(domains))):
             break
         round_start = time.perf_counter()
         batch = domains.pop_worst(batch_size)

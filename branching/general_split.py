@@ -438,7 +438,8 @@ def general_split_bab(graph: Graph, problem: SpecTensors, deadline, options: BaB
     batch_size = memory_batch_size(graph, problem.C.shape[1], problem.C.dtype, device, max(1, options.batch_size // 8))
     last_round, last_attack = 0.0, time.perf_counter()
     while len(domains):
-        if stop_reason(outcome, deadline, domains, options, last_round):
+        if stop_reason(outcome, deadline, domains, options, last_round,
+                       split_options.branches * min(batch_size, len(domains))):
             break
         round_start = time.perf_counter()
         batch = domains.pop_worst(batch_size)

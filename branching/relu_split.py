@@ -652,7 +652,8 @@ def _search(graph: Graph, problem: SpecTensors, case_of: torch.Tensor, layers, d
         take = batch_size
         if per_domain > 0 and hasattr(deadline, "remaining"):
             take = max(1, min(batch_size, int(0.5 * deadline.remaining() / per_domain)))
-        if stop_reason(outcome, deadline, domains, options, per_domain * min(take, len(domains))):
+        if stop_reason(outcome, deadline, domains, options, per_domain * min(take, len(domains)),
+                       2 * min(take, len(domains))):
             break
         round_start = time.perf_counter()
         batch = domains.pop_worst(take)

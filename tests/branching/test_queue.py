@@ -82,3 +82,42 @@ def test_a_queue_at_its_memory_budget_says_full_and_the_search_stops_with_unknow
     assert queue.full and len(queue) == 110          # nothing is lost: the push still lands
     assert stop_reason(outcome, Never(), queue, BaBOptions())
     assert outcome.status == "unknown" and "memory" in outcome.notes[-1]
+
+
+def test_past_doubling_the_queue_grows_once_to_its_whole_allowance() -> None:
+    """Growing to just what a push needs would copy the whole queue on every later push."""
+    queue: DomainQueue[Rows] = DomainQueue(Rows.build, max_bytes=1000 * 16)   # 1000 rows of 16 bytes
+    allocations = []
+    for start in range(0, 990, 30):
+        before = queue._store.get("score")
+        queue.push(Rows(torch.zeros(30, dtype=torch.float64), torch.arange(start, start + 30), {}))
+        if queue._store["score"] is not before:
+            allocations.append(queue._store["score"].shape[0])
+    assert allocations == [64, 128, 256, 512, 1000]
+    assert not queue.full
+    queue.push(Rows(torch.zeros(30, dtype=torch.float64), torch.arange(990, 1020), {}))
+    assert queue.full and len(queue) == 1020
+
+
+def test_a_round_that_would_grow_the_queue_past_the_deadline_is_not_begun() -> None:
+    from branching.bab import BaBOptions, BaBOutcome, stop_reason
+
+    queue: DomainQueue[Rows] = DomainQueue(Rows.build)
+    queue.push(Rows(torch.zeros(64, dtype=torch.float64), torch.arange(64), {}))
+    assert queue.growth_seconds(0) == 0.0 and queue.growth_seconds(1) > 0.0
+
+    class Left:
+        def __init__(self, seconds: float) -> None:
+            self.seconds = seconds
+
+        def expired(self) -> bool:
+            return False
+
+        def remaining(self) -> float:
+            return self.seconds
+
+    needed = queue.growth_seconds(64)
+    outcome = BaBOutcome("unsat")
+    assert not stop_reason(outcome, Left(10 * needed), queue, BaBOptions(), 0.0, 64)
+    assert stop_reason(outcome, Left(0.5 * needed), queue, BaBOptions(), 0.0, 64)
+    assert outcome.status == "timeout"
