@@ -771,6 +771,8 @@ class _Run:
             raise _Timeout("branch and bound", outcome.worst_margin,
                            {k: self.details[k] for k in ("bab", "split_refine", "milp_refine") if k in self.details})
         self.details["bab"]["notes"] = outcome.notes
+        if outcome.worst_margin is not None:
+            self.details["bab"]["worst_margin"] = outcome.worst_margin
         return None
 
     def unknown(self, open_keys: set[tuple[int, int]]) -> Result:
@@ -801,7 +803,17 @@ class _Run:
         if self.rejected:
             parts.append(f"{self.rejected} candidate counterexample(s) did not replay with "
                          f"{self.reference.description}")
-        parts.append("deciding it needs a complete search (branch and bound)")
+        bab = self.details.get("bab")
+        if bab is not None and "notes" in bab:
+            # the search ran and stopped without a verdict: say why and how far it got
+            why = "; ".join(bab["notes"]) or "no verdict"
+            text = f"{bab['kind']} stopped undecided after {bab['visited']} sub-problems ({why})"
+            if bab.get("worst_margin") is not None:
+                text += f", its worst open sub-problem at bound margin {bab['worst_margin']:.4g}"
+                best_bound = bab["worst_margin"] if best_bound is None else max(best_bound, bab["worst_margin"])
+            parts.append(text)
+        else:
+            parts.append("deciding it needs a complete search (branch and bound)")
         msg = "; ".join(parts) + "."
         details = {"open_polytopes": [list(k) for k in sorted(open_keys)]}
         if self.attack_loss:

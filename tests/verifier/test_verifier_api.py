@@ -292,3 +292,15 @@ def test_attack_before_neuron_splitting_is_capped(tmp_path, monkeypatch):
         res = verify(model, spec, options=VerifyOptions(timeout=60, pre_neuron_bab_attack_seconds=cap))
         assert res.outcome is Outcome.UNSAT
         assert budgets and most - 1.0 < budgets[0] <= most
+
+
+def test_unknown_after_the_search_says_why_it_stopped_and_how_far_it_got(net, tmp_path):
+    from branching.bab import BaBOptions
+
+    crown_only = verify(net, _spec(tmp_path, "HARD"), options=NO_BAB)
+    res = verify(net, _spec(tmp_path, "HARD"), options=FAST.with_(bab=BaBOptions(max_domains=1)))
+    assert res.outcome is Outcome.UNKNOWN
+    assert "stopped undecided after" in res.message and "more than 1 open sub-problems" in res.message
+    assert "needs a complete search" not in res.message
+    # the search's worst open sub-problem bounds the spec at least as well as CROWN did
+    assert res.best_bound is not None and res.best_bound >= crown_only.best_bound
