@@ -811,7 +811,7 @@ class _Run:
             if bab.get("worst_margin") is not None:
                 text += f", its worst open sub-problem at bound margin {bab['worst_margin']:.4g}"
                 best_bound = bab["worst_margin"] if best_bound is None else max(best_bound, bab["worst_margin"])
-            parts.append(text)
+            parts.insert(0, text)   # first: suite results keep a message's first 300 characters
         else:
             parts.append("deciding it needs a complete search (branch and bound)")
         msg = "; ".join(parts) + "."
