@@ -119,14 +119,13 @@ def backward_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
             else:
                 bias = bias + concretize_lower(A, bounds[node.name])
             continue
+        relax = None
         if relaxations is not None and node.name in relaxations:
-            new_A, b = relaxation_backward(A, relaxations[node.name])
-            bias = bias + b
-            source = node.inputs[0]
-            pending[source] = pending[source] + new_A if source in pending else new_A
-            continue
-        if prepared is not None and node.name in prepared and alphas is not None and node.name in alphas:
-            new_A, b = relaxation_backward(A, prepared[node.name](alphas[node.name]))
+            relax = relaxations[node.name]
+        elif prepared is not None and node.name in prepared and alphas is not None and node.name in alphas:
+            relax = prepared[node.name](alphas[node.name])
+        if relax is not None:
+            new_A, b = relaxation_backward(A, relax)
             bias = bias + b
             source = node.inputs[0]
             pending[source] = pending[source] + new_A if source in pending else new_A
@@ -248,13 +247,8 @@ def _packed_rows(graph: Graph, name: str, bounds: dict[str, Interval], mask: tor
     chunk = max(1, _MAX_COEFFICIENTS // (2 * per_row))
     # each sub-problem's activation relaxations, derived once here rather than once per row
     # of it in the pass (rules with their own backward step keep it)
-    relaxations = {}
-    for n in ancestors:
-        node = graph[n]
-        rule = RULES.get(node.op)
-        if (isinstance(rule, ActivationRule) and type(rule).backward is ActivationRule.backward
-                and n != name and node.inputs[0] in bounds):
-            relaxations[n] = rule.relax(node, bounds[node.inputs[0]])
+    relaxations = {n: rule.relax(graph[n], bounds[graph[n].inputs[0]])
+                   for n in ancestors if n != name and (rule := _shared_step_rule(graph, n, bounds)) is not None}
     for start in range(0, len(owner), chunk):
         rows, cols = owner[start:start + chunk], neuron[start:start + chunk]
         r = len(rows)
@@ -272,18 +266,26 @@ def _packed_rows(graph: Graph, name: str, bounds: dict[str, Interval], mask: tor
     return low, up
 
 
+def _shared_step_rule(graph: Graph, name: str, bounds: dict[str, Interval]) -> ActivationRule | None:
+    """The node's activation rule when its backward step is the shared relaxation step (so a
+    relaxation computed ahead can stand in for it) and its input's interval is known."""
+    node = graph[name]
+    rule = RULES.get(node.op)
+    if (isinstance(rule, ActivationRule) and type(rule).backward is ActivationRule.backward
+            and node.inputs[0] in bounds):
+        return rule
+    return None
+
+
 def prepare_relaxations(graph: Graph, bounds: dict[str, Interval], names) -> dict:
     """backward_lower's `prepared` for the named activation nodes whose rule offers it (and
     keeps the shared backward step), on the intervals of `bounds`."""
     out = {}
     for name in names:
-        node = graph[name]
-        rule = RULES.get(node.op)
-        if (isinstance(rule, ActivationRule) and type(rule).backward is ActivationRule.backward
-                and node.inputs[0] in bounds):
-            fn = rule.prepare(node, bounds[node.inputs[0]])
-            if fn is not None:
-                out[name] = fn
+        rule = _shared_step_rule(graph, name, bounds)
+        fn = None if rule is None else rule.prepare(graph[name], bounds[graph[name].inputs[0]])
+        if fn is not None:
+            out[name] = fn
     return out
 
 
