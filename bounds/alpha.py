@@ -166,6 +166,10 @@ def optimise_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
     Parameters come back keyed by node name, betas under "beta:" + name. A `record` dict
     receives the coefficients of the returned bound (see crown.backward_lower).
     """
+    if alphas is not None:
+        # a warm start may come from anywhere (a parent's rounded slopes, a caller): the first
+        # evaluation counts as a bound, so it is projected into the sound set first
+        alphas = {k: _projected(graph, k, v) for k, v in alphas.items()}
     if _searches_low(C, options):
         start = alphas if alphas is not None else init_alphas(graph, bounds, C.shape[1])
         _, found = optimise_lower(search_graph(graph), target, C.float(), _as(torch.float32, bounds), options,
@@ -215,14 +219,18 @@ def optimise_lower(graph: Graph, target: str, C: torch.Tensor, bounds: dict[str,
         _ascend(opt, sched, lb)
         with torch.no_grad():
             for name, v in params.items():
-                if name.startswith("beta:"):
-                    v.clamp_(min=0)
-                else:
-                    v.copy_(RULES[graph[name].op].project_alpha(graph[name], v))
+                v.copy_(_projected(graph, name, v))
     if record is not None:
         with torch.no_grad():
             bound_with(graph, target, C, bounds, best_params, splits, record=record, prepared=prepared)
     return best, best_params
+
+
+def _projected(graph: Graph, name: str, value: torch.Tensor) -> torch.Tensor:
+    """A parameter mapped into the set where the bound stays sound (multipliers >= 0)."""
+    if name.startswith("beta:"):
+        return value.clamp(min=0)
+    return RULES[graph[name].op].project_alpha(graph[name], value)
 
 
 def adam(params, lr: float) -> torch.optim.Adam:

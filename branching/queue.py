@@ -33,7 +33,9 @@ class DomainQueue(Generic[D]):
 
     `build` turns a dict of fields back into the domain type. Fields that a pushed batch lacks
     while the queue holds them (or the reverse) are dropped from both, unless `zero_fill(name)`
-    says zeros are a valid value for them (e.g. split multipliers of a layer with no split yet).
+    says zeros are a valid value for them (e.g. split multipliers of a layer with no split yet);
+    such fields may also differ in the size of their last dimension (lists padded with zeros),
+    and the narrower side is padded.
     """
 
     def __init__(self, build: Callable[[dict[str, torch.Tensor]], D],
@@ -114,6 +116,14 @@ class DomainQueue(Generic[D]):
 
     def _reconcile(self, fields: dict[str, torch.Tensor]) -> None:
         m = fields["score"].shape[0]
+        for key, value in fields.items():
+            store = self._store.get(key)
+            if store is not None and self._zero_fill(key) and _only_last_differs(store, value):
+                width = max(store.shape[-1], value.shape[-1])
+                if value.shape[-1] < width:
+                    fields[key] = _pad_last(value, width)
+                if store.shape[-1] < width:
+                    self._store[key] = _pad_last(store[: self._n], width, rows=store.shape[0])
         for key in list(self._store):
             if key in fields:
                 continue
@@ -151,6 +161,17 @@ class DomainQueue(Generic[D]):
                 v[holes] = v[movers]
         self._n = tail
         return out
+
+
+def _only_last_differs(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dim() == b.dim() >= 2 and a.shape[1:-1] == b.shape[1:-1] and a.shape[-1] != b.shape[-1]
+
+
+def _pad_last(t: torch.Tensor, width: int, rows: int | None = None) -> torch.Tensor:
+    """`t` zero-padded along its last dimension to `width` (and along the first to `rows`)."""
+    out = t.new_zeros(rows if rows is not None else t.shape[0], *t.shape[1:-1], width)
+    out[: t.shape[0], ..., : t.shape[-1]] = t
+    return out
 
 
 def put_group(fields: dict[str, torch.Tensor], prefix: str, tensors: dict[str, torch.Tensor]) -> None:

@@ -30,7 +30,8 @@ from branching.bab import (BaBOptions, BaBOutcome, _deciding_rows, input_coeffic
                            memory_batch_size, new_queue, rate_children, requeue_smaller,
                            stop_reason)
 from branching.problem import PolytopeSplit, SpecTensors
-from branching.queue import DomainQueue, get_group, get_intervals, put_group, put_intervals
+from branching.packing import BETAS, CODES, SplitLayout
+from branching.queue import DomainQueue, get_intervals, put_intervals
 
 
 @dataclass(frozen=True)
@@ -57,19 +58,20 @@ class ReluDomains:
                            {k: v[idx] for k, v in self.params.items()})
 
     def fields(self) -> dict[str, torch.Tensor]:
-        """Every per-domain tensor by name, for a DomainQueue."""
+        """Every per-domain tensor by name, for a DomainQueue: the splits and warm starts
+        packed (branching.packing), the intervals as they are (they must stay exact)."""
         out = {"case": self.case, "score": self.score, "depth": self.depth}
         if self.newest is not None:
             out["newest"] = self.newest
-        put_group(out, "split", self.splits)
-        put_group(out, "param", self.params)
+        out.update(SplitLayout.of(self.splits).pack(self.splits, self.params))
         put_intervals(out, self.inter)
         return out
 
     @staticmethod
-    def from_fields(fields: dict[str, torch.Tensor]) -> "ReluDomains":
-        return ReluDomains(fields["case"], fields["score"], fields["depth"], get_group(fields, "split"),
-                           get_intervals(fields), fields.get("newest"), get_group(fields, "param"))
+    def from_fields(fields: dict[str, torch.Tensor], layout: SplitLayout) -> "ReluDomains":
+        splits, params = layout.unpack(fields)
+        return ReluDomains(fields["case"], fields["score"], fields["depth"], splits,
+                           get_intervals(fields), fields.get("newest"), params)
 
 
 def _rows(t: torch.Tensor, idx: torch.Tensor, n: int) -> torch.Tensor:
@@ -610,10 +612,12 @@ def _search(graph: Graph, problem: SpecTensors, case_of: torch.Tensor, layers, d
     # intervals clamped by its splits, which each round re-applies: stored once per case, not
     # per sub-problem (most of a sub-problem's memory on conv nets)
     shared = {} if options.refine_intermediate else inter
-    # zeros are valid multipliers, so a batch that lacks some layer's betas (no split there
-    # yet) gets zeros instead of every waiting sub-problem losing its warm start
-    domains: DomainQueue[ReluDomains] = new_queue(ReluDomains.from_fields, device, options,
-                                                  zero_fill=lambda name: name.startswith("param/beta:"))
+    # waiting sub-problems keep their splits and multipliers as short lists and their slopes
+    # in bfloat16 (branching.packing); zeros are "no split" and valid multipliers, so a batch
+    # without multipliers, or with longer lists than those waiting, is padded with them
+    layout = SplitLayout.of(splits)
+    domains: DomainQueue[ReluDomains] = new_queue(lambda fields: ReluDomains.from_fields(fields, layout), device,
+                                                  options, zero_fill=lambda name: name in (CODES, BETAS))
     domains.push(ReluDomains(torch.arange(K, device=device), torch.full((K,), -torch.inf, device=device),
                              torch.zeros(K, dtype=torch.long, device=device), splits,
                              {} if shared else inter, None, warm))
