@@ -104,7 +104,7 @@ def test_input_split_bab_halves_its_batch_on_out_of_memory(monkeypatch) -> None:
     graph = api.load_model(_tiny_path(), spec, None)[0]
     problem = SpecTensors.from_spec(spec, graph.input.shape, dtype=torch.float64)
     from bounds.graph.ir import graph_to
-    out = input_split_bab(graph_to(graph, dtype=torch.float64), problem, Deadline(30), BaBOptions(batch_size=64))
+    out = input_split_bab(graph_to(graph, dtype=torch.float64), problem, Deadline(30), BaBOptions(input_batch_size=64))
     assert out.status == "unsat"
     assert max(sizes) > 2 and sizes.count(1) + sizes.count(2) > 2  # failed once, went on smaller
 
