@@ -107,6 +107,7 @@ def test_input_split_bab_halves_its_batch_on_out_of_memory(monkeypatch) -> None:
     out = input_split_bab(graph_to(graph, dtype=torch.float64), problem, Deadline(30), BaBOptions(input_batch_size=64))
     assert out.status == "unsat"
     assert max(sizes) > 2 and sizes.count(1) + sizes.count(2) > 2  # failed once, went on smaller
+    assert max(sizes) <= 64                                           # rounds of input_batch_size at most
 
 
 def _write_tmp(text: str) -> Path:
