@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bounds.graph.ir import Node
@@ -137,6 +137,7 @@ def test_s_shaped_relaxation_is_not_trivial(op: str) -> None:
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @settings(max_examples=10, deadline=None)
 @given(c=st.floats(-8, 8), w=st.floats(1e-3, 6), seed=st.integers(0, 2**16))
+@example(c=7.25, w=6.0, seed=0)   # wide Acos: ends within 1e-11 of +-1, where acos is steepest
 def test_relaxation_sound_for_any_projected_alpha(op: str, kind: str, c: float, w: float, seed: int) -> None:
     """Optimisable parameters, however the optimiser moves them, give sound lines once projected."""
     gen = torch.Generator().manual_seed(seed)
@@ -156,6 +157,8 @@ def test_relaxation_sound_for_any_projected_alpha(op: str, kind: str, c: float, 
         t = torch.rand(257, generator=gen, dtype=torch.float64)
         t[0], t[1] = 0.0, 1.0
         xs = x.lower + t * (x.upper - x.lower)                            # (257,)
+        # rounding can put a sample one ulp outside the box, where steep functions (acos at 1) differ
+        xs = torch.minimum(torch.maximum(xs, x.lower), x.upper)
         fx = rule.fn(node, xs)
         def per_row(t: torch.Tensor) -> torch.Tensor:   # some parts need not differ per row
             return torch.broadcast_to(t.reshape(1, -1), (1, rows)).reshape(rows, 1)
