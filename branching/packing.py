@@ -44,10 +44,13 @@ class SplitLayout:
         dense = torch.cat([splits[name].reshape(splits[name].shape[0], -1) for name in self.names], 1)
         n = dense.shape[0]
         chosen = dense != 0
-        count = int(chosen.sum(1).max()) if n else 0
+        counts = chosen.sum(1)
+        count = int(counts.max()) if n else 0
         width = max(_WIDTH_STEP, -(-count // _WIDTH_STEP) * _WIDTH_STEP)
+        # nonzero lists row by row, so an entry's slot is its rank after its row's first entry
+        # (no running count over every neuron of every sub-problem)
         rows, cols = chosen.nonzero(as_tuple=True)
-        slot = (chosen.cumsum(1) - 1)[rows, cols]
+        slot = torch.arange(len(rows), device=dense.device) - (counts.cumsum(0) - counts)[rows]
         codes = torch.zeros(n, width, dtype=torch.int32, device=dense.device)
         codes[rows, slot] = (cols.to(torch.int32) + 1) * dense[rows, cols].to(torch.int32)
         out = {CODES: codes}
